@@ -1,0 +1,39 @@
+"""nytorch_func: nytorch's particle operations and version manager as immutable pytrees.
+
+A *particle* is one model's tensors as an immutable value paired with a *schema*; the particles
+derived from one model form a *species*; metadata *events* make new schema versions and
+:func:`touch` migrates particles to them. See ``docs/guide.md``.
+
+>>> import torch, nytorch_func as nf
+>>> a = nf.from_module(torch.nn.Linear(4, 2))
+>>> b = a.randn()
+>>> mix = 0.5 * a + 0.5 * b
+>>> nf.apply(mix, torch.ones(3, 4)).shape
+torch.Size([3, 2])
+"""
+
+from ._bridge import apply, apply_with_state, from_module, to_module
+from ._config import ParamConfig
+from ._edit import (add_buffer, add_module, add_param, configure, configure_buffer, del_buffer,
+                    del_module, del_param, set_none)
+from ._history import diff, history
+from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, VersionError
+from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
+from ._particle import Particle
+from ._population import from_modules, population, stack, unstack
+from ._schema import Schema, TensorSpec
+from ._species import Species
+from ._touch import touch
+from ._particle import param_ids
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Particle", "Schema", "Species", "ParamConfig", "TensorSpec",
+    "NytorchFuncError", "SpeciesMismatchError", "VersionError", "SchemaError",
+    "from_module", "to_module", "apply", "apply_with_state",
+    "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
+    "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
+    "del_module", "set_none", "touch", "history", "diff", "param_ids",
+    "stack", "unstack", "population", "from_modules",
+]

@@ -1,0 +1,209 @@
+"""The module bridge: nn.Module <-> Particle, and forward passes via torch.func.functional_call."""
+
+from __future__ import annotations
+
+import contextlib
+import copy as _copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ._config import ParamConfig
+from ._errors import NytorchFuncError, SchemaError
+from ._particle import Particle
+from ._schema import Schema, TensorSpec, make_skeleton
+from ._species import Species
+
+__all__ = ["from_module", "to_module", "apply", "apply_with_state", "collect"]
+
+
+def collect(module: nn.Module) -> tuple[list[TensorSpec], list[torch.Tensor]]:
+    """Specs (paths relative to ``module``, pids from 0) and tensors of every param and buffer.
+
+    A tensor object reachable from several paths (tied weights) is one spec with several paths.
+    """
+    order: list[int] = []
+    paths: dict[int, list[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    kinds: dict[int, str] = {}
+    for kind, items in (("param", module.named_parameters(remove_duplicate=False)),
+                        ("buffer", module.named_buffers(remove_duplicate=False))):
+        for path, t in items:
+            key = id(t)
+            if key not in paths:
+                order.append(key)
+                paths[key], tensors[key], kinds[key] = [], t, kind
+            paths[key].append(path)
+    specs, values, pid = [], [], 0
+    for key in order:
+        t, kind, ps = tensors[key], kinds[key], tuple(paths[key])
+        if kind == "param":
+            spec = TensorSpec.of(ps[0], "param", t, paths=ps, pid=pid, config=ParamConfig())
+            pid += 1
+        else:
+            parent_path, _, name = ps[0].rpartition(".")
+            parent = module.get_submodule(parent_path) if parent_path else module
+            spec = TensorSpec.of(ps[0], "buffer", t, paths=ps, state=True,
+                                 persistent=name not in parent._non_persistent_buffers_set)
+        specs.append(spec)
+        values.append(t)
+    return specs, values
+
+
+def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
+    """A new species from ``module``, and its first particle (version 0).
+
+    Works for any ``nn.Module``. The particle *views* the module's tensors (no copy): its
+    leaves are the module's own parameter and buffer objects, so a later in-place change of the
+    module shows in the particle; call ``.clone()`` on the result to own a copy. Every parameter
+    starts with ``ParamConfig()`` (operational, clone) and every buffer as per-particle state.
+
+    >>> import torch, nytorch_func as nf
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    >>> p = nf.from_module(net)
+    >>> list(p.params), list(p.buffers)
+    (['0.weight', '0.bias', '1.weight', '1.bias'], ['1.running_mean', '1.running_var', '1.num_batches_tracked'])
+    >>> p.params["0.weight"] is net[0].weight
+    True
+    """
+    if not isinstance(module, nn.Module):
+        raise NytorchFuncError(f"from_module: expected an nn.Module, got {type(module).__name__}")
+    hook = getattr(module, "__nytorch_particle__", None)
+    if hook is not None:
+        return hook()
+    specs, values = collect(module)
+    try:
+        skeleton = make_skeleton(module)
+    except Exception as err:  # noqa: BLE001 - any failure of deepcopy means "cannot copy"
+        raise SchemaError(f"from_module: cannot copy the structure of {type(module).__name__} "
+                          f"({type(err).__name__}: {err}); make the module deep-copyable") from err
+    species = Species(name or type(module).__name__)
+    n_params = sum(s.is_param for s in specs)
+    schema = Schema(species, 0, skeleton, tuple(specs), {}, n_params)
+    species._register(schema)
+    by_key = dict(zip((s.key for s in specs), values))
+    return Particle._make(schema, tuple(by_key[k] for k in schema.leaf_keys), None)
+
+
+def _tensors(p: Particle, *, clone_state: bool) -> dict[str, torch.Tensor]:
+    """``{path: tensor}`` for every path of every param and buffer (aliases included)."""
+    s = p._schema
+    out: dict[str, torch.Tensor] = {}
+    for spec, leaf in zip(s.leaf_specs, p._leaves):
+        if clone_state and spec.kind == "buffer":
+            leaf = leaf.clone()
+        for path in spec.paths:
+            out[path] = leaf
+    for key, tensor in s.shared.items():
+        for path in s.by_key[key].paths:
+            out[path] = tensor
+    return out
+
+
+@contextlib.contextmanager
+def _mode(skeleton: nn.Module, training: bool | None) -> Iterator[None]:
+    if training is None or training == skeleton.training:
+        yield
+        return
+    before = [(m, m.training) for m in skeleton.modules()]
+    skeleton.train(training)
+    try:
+        yield
+    finally:
+        for m, mode in before:
+            m.training = mode
+
+
+def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``p``'s forward pass on ``args``; never changes ``p`` or its species.
+
+    Uses ``torch.func.functional_call`` on the species' skeleton, so it composes with ``vmap``,
+    ``grad`` and ``torch.compile``. Buffers the forward updates in place (BatchNorm running
+    stats in training mode) are updated on copies; use :func:`apply_with_state` to keep them.
+
+    >>> import torch, nytorch_func as nf
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> x = torch.randn(5, 3)
+    >>> torch.allclose(nf.apply(nf.from_module(lin), x), lin(x))
+    True
+    """
+    _check(p, "apply")
+    s = p._schema
+    with _mode(s.skeleton, p._training):
+        return functional_call(s.skeleton, _tensors(p, clone_state=True), args, kwargs,
+                               tie_weights=False, strict=False)
+
+
+def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Particle]:
+    """``(output, p_after)``: the forward pass plus the buffers it updated, as a new particle.
+
+    Per-particle buffers that the forward pass changes in place or reassigns (BatchNorm
+    running statistics, a running mean kept with ``self.mean = ...``) come back in ``p_after``;
+    parameters are the same tensors as in ``p``. Works under ``torch.func.vmap`` for a
+    population, giving each member its own statistics.
+
+    >>> import torch, nytorch_func as nf
+    >>> bn = torch.nn.BatchNorm1d(2)
+    >>> p = nf.from_module(bn)
+    >>> y, p2 = nf.apply_with_state(p, torch.randn(8, 2) + 3)
+    >>> int(p2.buffers["num_batches_tracked"]), int(p.buffers["num_batches_tracked"])
+    (1, 0)
+    """
+    _check(p, "apply_with_state")
+    s = p._schema
+    tensors = _tensors(p, clone_state=True)
+    with _mode(s.skeleton, p._training):
+        out = functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
+    leaves = tuple(tensors[spec.key] if spec.kind == "buffer" else leaf
+                   for spec, leaf in zip(s.leaf_specs, p._leaves))
+    return out, Particle._make(s, leaves, p._training)
+
+
+def to_module(p: Particle, *, copy: bool = True) -> nn.Module:
+    """A fresh ``nn.Module`` holding ``p``'s values (for eager use, optimizers, ``state_dict``).
+
+    With ``copy=True`` (the default) the module owns copies, so training it never changes
+    ``p``; ``copy=False`` shares storage with ``p``. Shared (``clone=False``) parameters are the
+    species' one tensor either way. Tied parameters stay tied.
+
+    >>> import torch, nytorch_func as nf
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    >>> m = nf.to_module(nf.from_module(net))
+    >>> m is net, all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), net.state_dict().values()))
+    (False, True)
+    """
+    _check(p, "to_module")
+    if p.batch_shape:
+        raise SchemaError(f"to_module: the particle is a population with batch shape "
+                          f"{tuple(p.batch_shape)}; take one member first (pop[i]) or use "
+                          "torch.func.vmap(nf.apply, ...) to run all of them")
+    s = p._schema
+    memo: dict[int, Any] = {}
+    for spec, leaf in zip(s.leaf_specs, p._leaves):
+        value = leaf.detach()
+        value = value.clone() if copy else value
+        if spec.kind == "param":
+            value = nn.Parameter(value, requires_grad=spec.requires_grad)
+        for path in spec.paths:
+            memo[id(_skeleton_tensor(s, path, spec.kind))] = value
+    for key, tensor in s.shared.items():
+        spec = s.by_key[key]
+        for path in spec.paths:
+            memo[id(_skeleton_tensor(s, path, spec.kind))] = tensor
+    memo[id(memo)] = []
+    module = _copy.deepcopy(s.skeleton, memo)
+    module.train(p.training)
+    return module
+
+
+def _skeleton_tensor(s: Schema, path: str, kind: str) -> torch.Tensor:
+    return s.skeleton.get_parameter(path) if kind == "param" else s.skeleton.get_buffer(path)
+
+
+def _check(p: Any, what: str) -> None:
+    if not isinstance(p, Particle):
+        raise NytorchFuncError(f"{what}: expected a Particle (from nf.from_module), got "
+                               f"{type(p).__name__}")

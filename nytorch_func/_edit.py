@@ -1,0 +1,228 @@
+"""The public event functions: each appends one version to the species and returns the initiator.
+
+Every function first brings its particle to the species head (touch), builds the event and the
+next schema without changing anything, and only then links the new version, under the species'
+lock. An error at any step leaves the chain, the initiator and every other particle as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ._bridge import collect
+from ._config import ParamConfig
+from ._errors import NytorchFuncError, SchemaError
+from ._events import (AddBuffer, AddModule, AddParam, Configure, ConfigureBuffer, DelBuffer,
+                      DelModule, DelParam, Event, SetNone)
+from ._particle import Particle
+from ._schema import make_skeleton
+from ._species import StaleHead
+from ._touch import touch
+
+__all__ = ["add_param", "del_param", "add_buffer", "del_buffer", "add_module", "del_module",
+           "set_none", "configure", "configure_buffer", "commit"]
+
+Build = Callable[[Particle], tuple[Event, dict[str, torch.Tensor]]]
+
+
+def commit(p: Particle, build: Build, what: str) -> Particle:
+    """Append the event ``build(p_at_head)`` makes; the initiator at the new version.
+
+    ``build`` returns the event and the initiator's own tensors for the entries it adds (its
+    role: "the object itself"), which replace the recipient-side values ``migrate`` produces.
+    """
+    if not isinstance(p, Particle):
+        raise NytorchFuncError(f"{what}: expected a Particle, got {type(p).__name__}")
+    species = p._schema.species
+    while True:
+        q = touch(p)
+        head = q._schema
+        event, own = build(q)
+        try:
+            event = event.bind(head)
+            new_schema = event.apply(head)
+        except NytorchFuncError:
+            raise
+        except Exception as err:  # torch's own refusals (bad names, ...) become typed errors
+            raise SchemaError(f"{what}: {type(err).__name__}: {err}") from err
+        batch_shape = tuple(q.batch_shape)
+        leaves = event.migrate(dict(zip(head.leaf_keys, q._leaves)), batch_shape)
+        if not batch_shape:
+            leaves.update((k, v) for k, v in own.items() if k in leaves)
+        result = Particle._make(new_schema, tuple(leaves[k] for k in new_schema.leaf_keys),
+                                q._training)
+        try:
+            species._link(head, event, new_schema)
+        except StaleHead:
+            continue  # another thread appended first: replay on the new head
+        return result
+
+
+def _tensor(value: object, what: str, path: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise SchemaError(f"{what}: the value for {path!r} must be a torch.Tensor, got "
+                          f"{type(value).__name__}")
+    return value
+
+
+def add_param(p: Particle, path: str, tensor: torch.Tensor,
+              config: ParamConfig | None = None) -> Particle:
+    """Add a parameter at ``path``; the initiator holds ``tensor`` itself.
+
+    Every other particle of the species gets a clone of ``tensor`` as it was now (a snapshot)
+    when it is touched.
+
+    >>> import torch, nytorch_func as nf
+    >>> net1 = nf.from_module(torch.nn.Linear(1, 1))
+    >>> net2 = net1.randn()
+    >>> w = torch.nn.Parameter(torch.randn(1))
+    >>> net1 = nf.add_param(net1, "scale", w)
+    >>> net2 = nf.touch(net2)
+    >>> net1["scale"] is w, net2["scale"] is w, torch.equal(net2["scale"], w)
+    (True, False, True)
+    """
+    tensor = _tensor(tensor, "add_param", path)
+    if config is not None and not isinstance(config, ParamConfig):
+        raise SchemaError(f"add_param: config must be a ParamConfig, got {type(config).__name__}")
+    cfg = config or ParamConfig()
+    if tensor.requires_grad and not (tensor.is_floating_point() or tensor.is_complex()):
+        raise SchemaError(f"add_param: {path!r} must be floating point to require grad")
+    snapshot = tensor.detach().clone()
+    event = AddParam(path, snapshot, cfg, bool(tensor.requires_grad))
+    return commit(p, lambda q: (event, {path: tensor}), "add_param")
+
+
+def del_param(p: Particle, path: str) -> Particle:
+    """Delete the parameter at ``path`` (one alias of a tied parameter deletes only that name)."""
+    return commit(p, lambda q: (DelParam(path), {}), "del_param")
+
+
+def set_none(p: Particle, path: str) -> Particle:
+    """Set the parameter or submodule at ``path`` to ``None``, as ``module.bias = None`` does.
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.set_none(nf.from_module(torch.nn.Linear(2, 1)), "bias")
+    >>> list(p.params), nf.apply(p, torch.ones(1, 2)).shape
+    (['weight'], torch.Size([1, 1]))
+    """
+    return commit(p, lambda q: (SetNone(path), {}), "set_none")
+
+
+def add_buffer(p: Particle, path: str, tensor: torch.Tensor, *, state: bool = True,
+               persistent: bool = True) -> Particle:
+    """Add a buffer at ``path``; initiator and recipients hold this very tensor object.
+
+    ``state=True`` makes it per-particle state (each particle may later hold its own value, e.g.
+    through :func:`apply_with_state`); ``state=False`` makes it one tensor shared by the species.
+    """
+    tensor = _tensor(tensor, "add_buffer", path)
+    if not isinstance(state, bool):
+        raise SchemaError(f"add_buffer: state must be True or False, got {state!r}")
+    event = AddBuffer(path, tensor, state, bool(persistent))
+    return commit(p, lambda q: (event, {path: tensor}), "add_buffer")
+
+
+def del_buffer(p: Particle, path: str) -> Particle:
+    """Delete the buffer at ``path``."""
+    return commit(p, lambda q: (DelBuffer(path), {}), "del_buffer")
+
+
+def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
+    """Add ``module`` as a submodule at ``path``; the initiator holds its very tensors.
+
+    Recipients get clones of its parameters and buffers as they were now. New parameters get
+    fresh stable ids and the default ParamConfig.
+
+    >>> import torch, nytorch_func as nf
+    >>> net = nf.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    >>> head = torch.nn.Linear(2, 1)
+    >>> grown = nf.add_module(net, "1", head)
+    >>> grown["1.weight"] is head.weight, nf.apply(grown, torch.ones(3, 2)).shape
+    (True, torch.Size([3, 1]))
+    """
+    if not isinstance(module, nn.Module):
+        raise SchemaError(f"add_module: the value for {path!r} must be an nn.Module, got "
+                          f"{type(module).__name__}")
+    hook = getattr(module, "__nytorch_module__", None)
+    plain = hook() if hook is not None else module
+    specs, values = collect(plain)
+    try:
+        skeleton = make_skeleton(plain)
+        snapshots = tuple(v.detach().clone() for v in values)
+    except Exception as err:  # noqa: BLE001
+        raise SchemaError(f"add_module: cannot copy {type(module).__name__} for the other "
+                          f"particles ({type(err).__name__}: {err})") from err
+    event = AddModule(path, skeleton, tuple(specs), snapshots)
+    own = {f"{path}.{s.key}": v for s, v in zip(specs, values)}
+    return commit(p, lambda q: (event, own), "add_module")
+
+
+def del_module(p: Particle, path: str) -> Particle:
+    """Delete the submodule at ``path`` with all its parameters and buffers."""
+    return commit(p, lambda q: (DelModule(path), {}), "del_module")
+
+
+def configure(p: Particle, path: str = "", *, operational: bool | None = None,
+              clone: bool | None = None, **attrs: object) -> Particle:
+    """Change the ParamConfig of the parameter at ``path``, or of all under module ``path``.
+
+    ``path=""`` means every parameter. Unset arguments keep their value; other keywords set
+    user attributes. Making a parameter shared (``operational=False, clone=False``) turns the
+    initiator's value into the species' one tensor; making it per-particle again gives every
+    particle a copy of that tensor.
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.from_module(torch.nn.Linear(1, 1))
+    >>> p = nf.configure(p, "bias", operational=False, is_weight=False)
+    >>> p.config("bias")
+    ParamConfig(operational=False, clone=True, is_weight=False)
+    >>> torch.equal((2 * p)["bias"], p["bias"])
+    True
+    """
+    for name, value in (("operational", operational), ("clone", clone)):
+        if value is not None and not isinstance(value, bool):
+            raise SchemaError(f"configure: {name} must be True, False or None, got {value!r}")
+    if not isinstance(path, str):
+        raise SchemaError(f"configure: path must be a string ('' for all), got {path!r}")
+
+    def build(q: Particle) -> tuple[Event, dict]:
+        s = q._schema
+        targets = s.specs_under(path, kind="param")
+        if not targets:
+            from ._schema import _suggest
+
+            names = [m for m in s.module_paths() if m] + [x for t in s.params for x in t.paths]
+            raise SchemaError(f"configure: no parameter at or under {path!r} in version "
+                              f"{s.version}{_suggest(path, names)}")
+        configs, to_shared = [], []
+        for spec in targets:
+            new = spec.config.replace(operational=operational, clone=clone, **attrs)
+            configs.append((spec.key, new))
+            if spec.leaf and new.shared:
+                if q.batch_shape:
+                    raise SchemaError(
+                        f"configure: making {spec.key!r} shared needs one value, but the particle "
+                        f"is a population {tuple(q.batch_shape)}; configure a single particle")
+                to_shared.append((spec.key, nn.Parameter(q._leaves[s.leaf_index[spec.key]].detach(),
+                                                         requires_grad=spec.requires_grad)))
+        return Configure(path, tuple(configs), tuple(to_shared)), {}
+
+    return commit(p, build, "configure")
+
+
+def configure_buffer(p: Particle, path: str, *, policy: str) -> Particle:
+    """Set what reductions over particles do with the buffer at ``path``.
+
+    ``"keep"`` (default): the first operand's value; ``"mean"``: the (weighted) average of
+    floating-point values; ``"reset"``: the value the buffer had when it entered the species.
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.from_module(torch.nn.BatchNorm1d(2))
+    >>> p = nf.configure_buffer(p, "running_mean", policy="mean")
+    >>> p.schema.spec("running_mean").policy
+    'mean'
+    """
+    return commit(p, lambda q: (ConfigureBuffer(path, policy), {}), "configure_buffer")

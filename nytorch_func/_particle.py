@@ -1,0 +1,232 @@
+"""Particle: an immutable pytree of one model's per-particle tensors, paired with its schema."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import optree
+import torch
+import torch.utils._pytree as torch_pytree
+
+from ._config import ParamConfig
+from ._errors import SchemaError
+
+if TYPE_CHECKING:
+    from ._schema import Schema
+    from ._species import Species
+
+__all__ = ["Particle"]
+
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Particle:
+    """One model (or a stacked population of models) as a value.
+
+    A particle pairs a :class:`Schema` (structure, parameter ids, configs; static) with its
+    *leaves*: the per-particle tensors, in ``schema.leaf_keys`` order. It is frozen and registered
+    as a pytree node in optree and ``torch.utils._pytree``, so ``torch.func.grad``, ``vmap``,
+    ``functional_call``, ``torch.compile`` and ``optree.tree_map`` see its tensors directly. Any
+    leading batch shape is allowed: a population is a particle whose leaves have shape
+    ``(n, *shape)``.
+
+    Build particles with :func:`nytorch_func.from_module`; derive more with arithmetic,
+    ``clone()``, ``randn()`` and the event functions (the constructor takes a schema and leaves
+    in ``schema.leaf_keys`` order and checks nothing: it is what pytree unflattening calls).
+
+    >>> import torch, nytorch_func as nf
+    >>> torch.manual_seed(0) and None
+    >>> p = nf.from_module(torch.nn.Linear(3, 2))
+    >>> q = 0.5 * p + 0.5 * p.randn()
+    >>> q.species is p.species, q.version, q.batch_shape
+    (True, 0, torch.Size([]))
+    >>> sorted(q.params)
+    ['bias', 'weight']
+    >>> p.weight = None
+    Traceback (most recent call last):
+    ...
+    dataclasses.FrozenInstanceError: Particle is immutable (cannot set 'weight'): derive a new one with nf.add_param, nf.set_none, arithmetic, ...
+    """
+
+    _schema: "Schema"
+    _leaves: tuple
+    _training: bool | None = None
+
+    @classmethod
+    def _make(cls, schema: "Schema", leaves: tuple, training: bool | None = None) -> "Particle":
+        return cls(schema, leaves, training)
+
+    def __copy__(self) -> "Particle":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Particle":
+        return Particle._make(self._schema, tuple(t.clone() for t in self._leaves), self._training)
+
+    def __reduce__(self):
+        raise TypeError("Particles are not pickled: use nf.save(path, p) and nf.load(path)")
+
+    # read-only views -------------------------------------------------------------------------
+    @property
+    def schema(self) -> "Schema":
+        """The version of the species this particle is at."""
+        return self._schema
+
+    @property
+    def species(self) -> "Species":
+        return self._schema.species
+
+    @property
+    def version(self) -> int:
+        return self._schema.version
+
+    @property
+    def leaves(self) -> tuple[torch.Tensor, ...]:
+        """The per-particle tensors, in ``schema.leaf_keys`` order."""
+        return self._leaves
+
+    @property
+    def training(self) -> bool:
+        """The mode ``nf.apply`` runs the forward pass in."""
+        return self._schema.training if self._training is None else self._training
+
+    @property
+    def params(self) -> Mapping[str, torch.Tensor]:
+        """Every parameter by canonical path, shared (``clone=False``) ones included."""
+        return MappingProxyType(self._named("param"))
+
+    @property
+    def buffers(self) -> Mapping[str, torch.Tensor]:
+        """Every buffer by canonical path, shared ones included."""
+        return MappingProxyType(self._named("buffer"))
+
+    def _named(self, kind: str) -> dict[str, torch.Tensor]:
+        s = self._schema
+        out = {}
+        for spec in s.specs:
+            if spec.kind == kind:
+                i = s.leaf_index.get(spec.key)
+                out[spec.key] = self._leaves[i] if i is not None else s.shared[spec.key]
+        return out
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """The leading dimensions the leaves carry beyond their schema shape (``()`` for one model)."""
+        for spec, leaf in zip(self._schema.leaf_specs, self._leaves):
+            return leaf.shape[: leaf.dim() - len(spec.shape)]
+        return torch.Size()
+
+    def config(self, path: str) -> ParamConfig:
+        """The species-wide ParamConfig of the parameter at ``path``."""
+        return self._schema.spec(path, kind="param", what="config").config  # type: ignore[return-value]
+
+    def numel(self) -> int:
+        """Elements in the per-particle leaves (all members of a population)."""
+        return sum(t.numel() for t in self._leaves)
+
+    def __repr__(self) -> str:
+        s = self._schema
+        n_params = sum(spec.is_param for spec in s.specs)
+        batch = f", batch_shape={tuple(self.batch_shape)}" if self.batch_shape else ""
+        return (f"Particle(species={s.species.name!r}, version={s.version}{batch}, "
+                f"params={n_params}, buffers={len(s.specs) - n_params}, "
+                f"numel={self.numel()})")
+
+    # modes -----------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Particle":
+        """The same particle with ``nf.apply`` running in training mode (or eval if False)."""
+        return Particle._make(self._schema, self._leaves, bool(mode))
+
+    def eval(self) -> "Particle":
+        """The same particle with ``nf.apply`` running in eval mode."""
+        return self.train(False)
+
+    # containers ------------------------------------------------------------------------------
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        shape = self.batch_shape
+        if not shape:
+            raise TypeError("len() of a single particle: only populations (nf.stack, "
+                            "nf.population) have a length")
+        return shape[0]
+
+    def __iter__(self) -> Iterator["Particle"]:
+        from ._population import unstack
+
+        return iter(unstack(self))
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, str):
+            spec = self._schema.spec(index, what="particle[path]")
+            i = self._schema.leaf_index.get(spec.key)
+            return self._leaves[i] if i is not None else self._schema.shared[spec.key]
+        from ._population import index_population
+
+        return index_population(self, index)
+
+
+# pytree registration --------------------------------------------------------------------------
+
+def _flatten(p: Particle) -> tuple[list, tuple]:
+    return list(p._leaves), (p._schema, p._training)
+
+
+def _unflatten(children: Any, aux: tuple) -> Particle:
+    return Particle._make(aux[0], tuple(children), aux[1])
+
+
+def _flatten_with_keys(p: Particle) -> tuple[list, tuple]:
+    keys = p._schema.leaf_keys
+    return [(torch_pytree.MappingKey(k), t) for k, t in zip(keys, p._leaves)], (p._schema, p._training)
+
+
+torch_pytree.register_pytree_node(
+    Particle, _flatten, _unflatten, serialized_type_name="nytorch_func.Particle",
+    flatten_with_keys_fn=_flatten_with_keys)
+
+optree.register_pytree_node(
+    Particle,
+    lambda p: (p._leaves, (p._schema, p._training), p._schema.leaf_keys),
+    lambda aux, children: _unflatten(children, aux),
+    path_entry_type=optree.MappingEntry,
+    namespace=optree.registry.__GLOBAL_NAMESPACE,  # type: ignore[attr-defined]
+)
+
+from . import _ops  # noqa: E402  (installs the operators on Particle)
+
+_ops.install(Particle)
+
+
+def param_ids(p: Particle) -> dict[str, int]:
+    """``{path: stable parameter id}`` for every parameter (aliases of tied ones included).
+
+    Ids are given in ``named_parameters`` order when the species is made and never change;
+    parameters added later get new ids, deleted ones leave gaps.
+
+    >>> import torch, nytorch_func as nf
+    >>> nf.param_ids(nf.from_module(torch.nn.Linear(2, 1)))
+    {'weight': 0, 'bias': 1}
+    """
+    if not isinstance(p, Particle):
+        raise TypeError(f"param_ids: expected a Particle, got {type(p).__name__}")
+    return {path: s.pid for s in p._schema.specs if s.kind == "param" for path in s.paths}
+
+
+def _frozen_setattr(self: Particle, name: str, value: Any) -> None:
+    raise dataclasses.FrozenInstanceError(
+        f"Particle is immutable (cannot set {name!r}): derive a new one with nf.add_param, "
+        "nf.set_none, arithmetic, ...")
+
+
+def _frozen_delattr(self: Particle, name: str) -> None:
+    _frozen_setattr(self, name, None)
+
+
+# Set after the dataclass decorator (which forbids defining them in the body): a clear message
+# instead of the generic one, with the class still a frozen dataclass for torch.compile.
+Particle.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
+Particle.__delattr__ = _frozen_delattr  # type: ignore[method-assign]

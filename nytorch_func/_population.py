@@ -1,0 +1,173 @@
+"""Populations: particles whose leaves carry leading batch dimensions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
+from ._particle import Particle
+from ._touch import touch
+
+__all__ = ["stack", "unstack", "index_population", "population", "from_modules"]
+
+
+def stack(particles: Sequence[Particle]) -> Particle:
+    """One population of ``len(particles)`` members: every leaf stacked along a new dim 0.
+
+    Members are brought to the newest version of their (one) species first. Shared
+    (``clone=False``) parameters stay one unstacked tensor in the schema.
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.from_module(torch.nn.Linear(3, 2))
+    >>> pop = nf.stack([p, p.randn(), p.randn()])
+    >>> len(pop), pop.batch_shape, pop["weight"].shape
+    (3, torch.Size([3]), torch.Size([3, 2, 3]))
+    """
+    particles = list(particles)
+    if not particles:
+        raise SchemaError("stack: got no particles; a population needs at least one member")
+    for q in particles:
+        if not isinstance(q, Particle):
+            raise NytorchFuncError(f"stack: expected Particles, got {type(q).__name__}")
+    species = particles[0]._schema.species
+    for i, q in enumerate(particles):
+        if q._schema.species is not species:
+            raise SpeciesMismatchError(f"stack: member {i} is of species {q.species.name!r}, "
+                                       f"member 0 of {species.name!r}; a population is one species")
+    particles = [touch(q) for q in particles]
+    schema = particles[0]._schema
+    shapes = {tuple(q.batch_shape) for q in particles}
+    if len(shapes) > 1:
+        raise SchemaError(f"stack: members have different batch shapes {sorted(shapes)}")
+    leaves = tuple(torch.stack(column) for column in zip(*(q._leaves for q in particles)))
+    return Particle._make(schema, leaves, particles[0]._training)
+
+
+def unstack(pop: Particle) -> list[Particle]:
+    """The members of a population along its first batch dimension."""
+    n = _length(pop, "unstack")
+    if not pop._leaves:
+        return [Particle._make(pop._schema, (), pop._training) for _ in range(n)]
+    columns = [t.unbind(0) for t in pop._leaves]
+    return [Particle._make(pop._schema, tuple(c[i] for c in columns), pop._training)
+            for i in range(n)]
+
+
+def _length(pop: Particle, what: str) -> int:
+    if not isinstance(pop, Particle):
+        raise NytorchFuncError(f"{what}: expected a Particle, got {type(pop).__name__}")
+    shape = pop.batch_shape
+    if not shape:
+        raise SchemaError(f"{what}: the particle has no batch dimension; make a population with "
+                          "nf.stack or nf.population first")
+    return shape[0]
+
+
+def index_population(pop: Particle, index: Any) -> Particle:
+    """``pop[i]``, ``pop[i:j]``, ``pop[tensor_of_indices]``, ``pop[bool_mask]`` along dim 0."""
+    _length(pop, "pop[index]")
+    if isinstance(index, tuple):
+        raise SchemaError("pop[index]: index the first batch dimension only (an int, slice, "
+                          "index tensor or mask), not a tuple")
+    try:
+        leaves = tuple(t[index] for t in pop._leaves)
+    except (IndexError, TypeError, RuntimeError) as err:
+        raise SchemaError(f"pop[index]: {err}") from err
+    return Particle._make(pop._schema, leaves, pop._training)
+
+
+_INITS = ("randn", "rand", "clone", "zeros")
+
+
+def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn", *,
+               generator: torch.Generator | None = None) -> Particle:
+    """``n`` particles of one species, stacked, built in one vectorised step per leaf.
+
+    ``source`` is a particle or an ``nn.Module`` (a new species is made from it). ``init``:
+    ``"randn"`` / ``"rand"`` draw the operational parameters of every member from N(0, 1) /
+    U[0, 1); ``"clone"`` copies ``source`` into every member; ``"zeros"``; or a callable
+    ``init(leaf_batch, spec) -> tensor`` given the source leaf broadcast to ``(n, *shape)``.
+    Non-operational parameters and buffers are copies of the source's in every member; shared
+    (``clone=False``) parameters stay one tensor in the schema.
+
+    >>> import torch, nytorch_func as nf
+    >>> pop = nf.population(torch.nn.Linear(3, 2), 8, generator=torch.Generator().manual_seed(0))
+    >>> pop.batch_shape, pop["weight"].shape
+    (torch.Size([8]), torch.Size([8, 2, 3]))
+    """
+    from ._bridge import from_module
+
+    if isinstance(source, torch.nn.Module):
+        source = from_module(source)
+    if not isinstance(source, Particle):
+        raise NytorchFuncError(f"population: expected a Particle or nn.Module, got "
+                               f"{type(source).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SchemaError(f"population: n must be a positive int, got {n!r}")
+    if not (callable(init) or init in _INITS):
+        raise SchemaError(f"population: init must be one of {_INITS} or a callable, got {init!r}")
+    if source.batch_shape:
+        raise SchemaError("population: the source is already a population; pass one particle")
+    source = touch(source)
+    s = source._schema
+    operational = set(s.op_index)
+    leaves = []
+    for i, (spec, leaf) in enumerate(zip(s.leaf_specs, source._leaves)):
+        base = leaf.detach().expand(n, *leaf.shape)
+        if i not in operational or init == "clone":
+            new = base.clone()
+        elif callable(init):
+            new = init(base, spec)
+            if not isinstance(new, torch.Tensor) or new.shape != base.shape:
+                raise SchemaError(f"population: init returned {getattr(new, 'shape', type(new))} "
+                                  f"for {spec.key!r}, expected a tensor of shape {tuple(base.shape)}")
+        elif init == "zeros":
+            new = torch.zeros_like(base)
+        else:
+            draw = torch.randn if init == "randn" else torch.rand
+            new = draw(base.shape, generator=generator, dtype=leaf.dtype, device=leaf.device)
+        if leaf.requires_grad and new.is_floating_point():
+            new = new.requires_grad_(True) if new.is_leaf else new
+        leaves.append(new)
+    return Particle(s, tuple(leaves), source._training)
+
+
+def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
+    """One species and one population from independently built models of one architecture.
+
+    The first module defines the species; every other must have the same parameter and buffer
+    paths, shapes and dtypes (a SchemaError names the first difference).
+
+    >>> import torch, nytorch_func as nf
+    >>> pop = nf.from_modules([torch.nn.Linear(2, 2) for _ in range(4)])
+    >>> len(pop)
+    4
+    """
+    from ._bridge import collect, from_module
+
+    modules = list(modules)
+    if not modules:
+        raise SchemaError("from_modules: got no modules")
+    for m in modules:
+        if not isinstance(m, torch.nn.Module):
+            raise NytorchFuncError(f"from_modules: expected nn.Modules, got {type(m).__name__}")
+    first = from_module(modules[0])
+    ref = [(s.paths, s.shape, s.dtype) for s in collect(modules[0])[0]]
+    columns = []
+    for i, m in enumerate(modules):
+        specs, values = collect(m)
+        got = [(s.paths, s.shape, s.dtype) for s in specs]
+        if got != ref:
+            bad = next((a, b) for a, b in zip(ref + [None] * len(got), got + [None] * len(ref))
+                       if a != b)
+            raise SchemaError(f"from_modules: module {i} differs from module 0 in its tensors: "
+                              f"{bad[0]} vs {bad[1]}")
+        by_key = {s.key: v.detach() for s, v in zip(specs, values)}
+        columns.append(tuple(by_key[k] for k in first._schema.leaf_keys))
+    leaves = tuple(torch.stack(c) for c in zip(*columns))
+    leaves = tuple(t.requires_grad_(spec.requires_grad) if t.is_floating_point() else t
+                   for t, spec in zip(leaves, first._schema.leaf_specs))
+    return Particle(first._schema, leaves, first._training)

@@ -1,0 +1,254 @@
+"""Schema: one immutable version of a species' structure.
+
+A schema holds the module skeleton (the module tree with every tensor moved to the ``meta``
+device: how to run the forward pass, no data), one :class:`TensorSpec` per parameter and buffer,
+and the species-wide shared tensors (``clone=False`` parameters and shared buffers). Particles
+hold a schema plus their per-particle tensors, the *leaves*, in ``schema.leaf_keys`` order.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ._config import ParamConfig
+from ._errors import SchemaError
+
+if TYPE_CHECKING:
+    from ._events import Event
+    from ._species import Species
+
+__all__ = ["Schema", "TensorSpec"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """What a schema knows of one parameter or buffer.
+
+    ``key`` is its canonical path (the first of ``paths``; tied tensors have several paths).
+    ``pid`` is the stable parameter id (``None`` for buffers). A spec is a *leaf* when every
+    particle holds its own value; otherwise the one tensor lives in ``Schema.shared``.
+    """
+
+    key: str
+    kind: str  # "param" | "buffer"
+    paths: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    requires_grad: bool = False
+    pid: int | None = None
+    config: ParamConfig | None = None
+    state: bool = True  # buffers: per-particle state (True) or shared by the species (False)
+    persistent: bool = True  # buffers: part of state_dict
+    policy: str = "keep"  # buffers: what reductions over particles do ("keep", "mean", "reset")
+
+    @property
+    def is_param(self) -> bool:
+        return self.kind == "param"
+
+    @property
+    def leaf(self) -> bool:
+        if self.kind == "param":
+            return not self.config.shared  # type: ignore[union-attr]
+        return self.state
+
+    def describe(self) -> str:
+        shape = "x".join(map(str, self.shape)) or "scalar"
+        dtype = str(self.dtype).replace("torch.", "")
+        if self.kind == "param":
+            return f"param {self.key} [{shape} {dtype}] id={self.pid} {self.config}"
+        how = "state" if self.state else "shared"
+        policy = "" if self.policy == "keep" else f" policy={self.policy}"
+        return f"buffer {self.key} [{shape} {dtype}] {how}{policy}"
+
+    @classmethod
+    def of(cls, key: str, kind: str, tensor: torch.Tensor, **fields: Any) -> "TensorSpec":
+        return cls(key=key, kind=kind, paths=fields.pop("paths", (key,)), shape=tuple(tensor.shape),
+                   dtype=tensor.dtype, device=tensor.device,
+                   requires_grad=bool(tensor.requires_grad), **fields)
+
+
+class Schema:
+    """One version of a species: skeleton, specs and shared tensors. Immutable.
+
+    Schemas compare and hash by ``(species, version)``; never by tensor values. The only field
+    ever written after construction is the forward link to the next version, set once by the
+    species under its lock.
+    """
+
+    __slots__ = ("species", "version", "skeleton", "specs", "shared", "next_pid", "training",
+                 "by_path", "by_key", "leaf_keys", "leaf_specs", "leaf_index", "op_index",
+                 "all_operational", "_next", "__weakref__")
+
+    def __init__(self, species: "Species", version: int, skeleton: nn.Module,
+                 specs: tuple[TensorSpec, ...], shared: Mapping[str, torch.Tensor],
+                 next_pid: int) -> None:
+        self.species = species
+        self.version = version
+        self.skeleton = skeleton
+        self.specs = specs
+        self.shared = dict(shared)
+        self.next_pid = next_pid
+        self.training = skeleton.training
+        self.by_key = {s.key: s for s in specs}
+        self.by_path = {p: s for s in specs for p in s.paths}
+        self.leaf_specs = tuple(s for s in specs if s.leaf)
+        self.leaf_keys = tuple(s.key for s in self.leaf_specs)
+        self.leaf_index = {k: i for i, k in enumerate(self.leaf_keys)}
+        self.op_index = tuple(i for i, s in enumerate(self.leaf_specs)
+                              if s.kind == "param" and s.config.operational)  # type: ignore[union-attr]
+        self.all_operational = len(self.op_index) == len(self.leaf_specs)
+        self._next: tuple["Event", "Schema"] | None = None
+
+    # identity -------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schema):
+            return NotImplemented
+        return self.species is other.species and self.version == other.version
+
+    def __hash__(self) -> int:
+        return hash((id(self.species), self.version))
+
+    def __repr__(self) -> str:
+        return (f"Schema(species={self.species.name!r}, version={self.version}, "
+                f"params={sum(s.is_param for s in self.specs)}, "
+                f"buffers={sum(not s.is_param for s in self.specs)})")
+
+    def __deepcopy__(self, memo: dict) -> "Schema":
+        return self  # immutable; shared by every copy of a particle
+
+    def __copy__(self) -> "Schema":
+        return self
+
+    # reading ---------------------------------------------------------------------------------
+    @property
+    def is_newest(self) -> bool:
+        """True while no event has followed this version."""
+        return self._next is None
+
+    @property
+    def next(self) -> "Schema | None":
+        return None if self._next is None else self._next[1]
+
+    @property
+    def event(self) -> "Event | None":
+        """The event that leads from this version to the next one, if any."""
+        return None if self._next is None else self._next[0]
+
+    @property
+    def params(self) -> tuple[TensorSpec, ...]:
+        return tuple(s for s in self.specs if s.kind == "param")
+
+    @property
+    def buffers(self) -> tuple[TensorSpec, ...]:
+        return tuple(s for s in self.specs if s.kind == "buffer")
+
+    def spec(self, path: str, *, kind: str | None = None, what: str = "") -> TensorSpec:
+        """The spec at ``path`` (any alias), or a SchemaError that names close matches."""
+        spec = self.by_path.get(path)
+        if spec is None or (kind is not None and spec.kind != kind):
+            noun = {"param": "parameter", "buffer": "buffer", None: "parameter or buffer"}[kind]
+            names = [p for s in self.specs if kind in (None, s.kind) for p in s.paths]
+            raise SchemaError(f"{what or 'schema'}: no {noun} at path {path!r} in version "
+                              f"{self.version}{_suggest(path, names)}")
+        return spec
+
+    def specs_under(self, prefix: str, *, kind: str | None = "param") -> list[TensorSpec]:
+        """Specs whose path is ``prefix`` or lies under module ``prefix`` ('' = all)."""
+        out = []
+        for s in self.specs:
+            if kind is not None and s.kind != kind:
+                continue
+            if not prefix or any(p == prefix or p.startswith(prefix + ".") for p in s.paths):
+                out.append(s)
+        return out
+
+    def module_at(self, path: str) -> nn.Module | None:
+        """The skeleton submodule at ``path`` ('' is the root), or None."""
+        try:
+            return self.skeleton.get_submodule(path) if path else self.skeleton
+        except AttributeError:
+            return None
+
+    def module_paths(self) -> list[str]:
+        return [name for name, _ in self.skeleton.named_modules(remove_duplicate=False)]
+
+    def describe(self) -> str:
+        head = f"version {self.version} of species {self.species.name!r}"
+        return "\n".join([head] + ["  " + s.describe() for s in self.specs])
+
+
+def _suggest(path: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(path, names, n=3)
+    if close:
+        return "; did you mean " + " or ".join(map(repr, close)) + "?"
+    if names:
+        shown = ", ".join(map(repr, names[:6])) + (", ..." if len(names) > 6 else "")
+        return f"; known paths: {shown}"
+    return ""
+
+
+# skeletons ------------------------------------------------------------------------------------
+
+def to_meta(t: torch.Tensor) -> torch.Tensor:
+    """A data-free copy of ``t`` on the meta device, keeping its class and requires_grad."""
+    meta = torch.empty_like(t, device="meta")
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(meta, requires_grad=t.requires_grad)
+    return meta
+
+
+def make_skeleton(module: nn.Module) -> nn.Module:
+    """Deep-copy ``module`` with every parameter and buffer replaced by a meta tensor."""
+    memo: dict[int, Any] = {}
+    for _, t in [*module.named_parameters(remove_duplicate=False),
+                 *module.named_buffers(remove_duplicate=False)]:
+        if id(t) not in memo:
+            memo[id(t)] = to_meta(t)
+    memo[id(memo)] = [module]  # keep-alive list deepcopy expects
+    return copy.deepcopy(module, memo)
+
+
+def shallow_module(m: nn.Module) -> nn.Module:
+    """A copy of ``m`` that owns its own parameter/buffer/child dicts (children are shared)."""
+    new = copy.copy(m)
+    d = new.__dict__
+    d["_parameters"] = dict(m._parameters)
+    d["_buffers"] = dict(m._buffers)
+    d["_modules"] = dict(m._modules)
+    d["_non_persistent_buffers_set"] = set(m._non_persistent_buffers_set)
+    if isinstance(d.get("_flat_weights"), list):  # RNNs keep a list that setattr edits in place
+        d["_flat_weights"] = list(d["_flat_weights"])
+    return new
+
+
+def copy_path(root: nn.Module, module_path: str) -> tuple[nn.Module, nn.Module]:
+    """Copy-on-write the modules from ``root`` down to ``module_path``.
+
+    Returns ``(new_root, new_target)``; every module off that path stays shared with the old
+    skeleton, so an event costs the depth of the change, not the size of the model.
+    """
+    new_root = shallow_module(root)
+    node = new_root
+    if module_path:
+        for name in module_path.split("."):
+            child = node._modules.get(name)
+            if child is None:
+                raise SchemaError(f"no submodule {name!r} on the way to {module_path!r}")
+            child = shallow_module(child)
+            node._modules[name] = child
+            node = child
+    return new_root, node
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``"a.b.c"`` -> ``("a.b", "c")``; ``"c"`` -> ``("", "c")``."""
+    head, _, name = path.rpartition(".")
+    return head, name

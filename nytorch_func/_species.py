@@ -1,0 +1,101 @@
+"""Species: the append-only chain of schema versions shared by related particles.
+
+The only mutable object of the core. Links point forward only (version k holds the event to k+1
+and version k+1); the species itself holds its versions by weak reference. A version therefore
+lives exactly as long as some particle (or user) can still reach it, and nothing forms a cycle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+import weakref
+from typing import TYPE_CHECKING
+
+from ._errors import VersionError
+
+if TYPE_CHECKING:
+    from ._events import Event
+    from ._schema import Schema
+
+__all__ = ["Species"]
+
+_counter = itertools.count()
+
+
+class StaleHead(Exception):
+    """Internal: another thread appended first; the caller touches and tries again."""
+
+
+class Species:
+    """The lineage of one model: every version its particles have had.
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.from_module(torch.nn.Linear(2, 1))
+    >>> sp = p.species
+    >>> sp.head is p.schema, len(sp)
+    (True, 1)
+    """
+
+    __slots__ = ("name", "uid", "_lock", "_versions", "_head", "_count", "__weakref__")
+
+    def __init__(self, name: str, uid: str | None = None) -> None:
+        self.name = f"{name}#{next(_counter)}"
+        self.uid = uid or uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._versions: weakref.WeakValueDictionary[int, Schema] = weakref.WeakValueDictionary()
+        self._head: weakref.ref[Schema] | None = None
+        self._count = 0
+
+    def __repr__(self) -> str:
+        return f"Species({self.name!r}, versions={self._count}, live={len(self._versions)})"
+
+    def __len__(self) -> int:
+        """How many versions were ever made (the head's version + 1)."""
+        return self._count
+
+    def __deepcopy__(self, memo: dict) -> "Species":
+        return self
+
+    def __copy__(self) -> "Species":
+        return self
+
+    @property
+    def head(self) -> "Schema | None":
+        """The newest version, or None once no particle can reach any version."""
+        return None if self._head is None else self._head()
+
+    def version(self, number: int) -> "Schema":
+        """The live schema of version ``number``; VersionError if it was never made or is freed."""
+        schema = self._versions.get(number)
+        if schema is None:
+            if not 0 <= number < self._count:
+                raise VersionError(f"species {self.name!r} has no version {number}: versions made "
+                                   f"are 0..{self._count - 1}")
+            raise VersionError(f"version {number} of species {self.name!r} was freed: no particle "
+                               "or schema references it any more (old versions live only while "
+                               "something holds them)")
+        return schema
+
+    def live_versions(self) -> list["Schema"]:
+        """The versions still in memory, oldest first."""
+        return [s for _, s in sorted(self._versions.items())]
+
+    # writing (under the lock) ---------------------------------------------------------------
+    def _register(self, schema: "Schema") -> None:
+        with self._lock:
+            self._install(schema)
+
+    def _install(self, schema: "Schema") -> None:
+        self._versions[schema.version] = schema
+        self._head = weakref.ref(schema)
+        self._count = max(self._count, schema.version + 1)
+
+    def _link(self, base: "Schema", event: "Event", new: "Schema") -> None:
+        """Append ``new`` after ``base``; StaleHead if ``base`` is no longer the head."""
+        with self._lock:
+            if base._next is not None or self.head is not base:
+                raise StaleHead()
+            base._next = (event, new)
+            self._install(new)
