@@ -20,7 +20,8 @@ from ._history import diff, history
 from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, VersionError
 from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
 from ._particle import Particle
-from ._population import from_modules, population, stack, unstack
+from ._population import (VmapFallbackWarning, from_modules, population, stack, unstack,
+                          vmap_apply)
 from ._schema import Schema, TensorSpec
 from ._species import Species
 from ._touch import touch
@@ -35,5 +36,5 @@ __all__ = [
     "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
     "del_module", "set_none", "touch", "history", "diff", "param_ids",
-    "stack", "unstack", "population", "from_modules",
+    "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
 ]

@@ -11,7 +11,8 @@ from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
 from ._particle import Particle
 from ._touch import touch
 
-__all__ = ["stack", "unstack", "index_population", "population", "from_modules"]
+__all__ = ["stack", "unstack", "index_population", "population", "from_modules", "vmap_apply",
+           "VmapFallbackWarning"]
 
 
 def stack(particles: Sequence[Particle]) -> Particle:
@@ -171,3 +172,44 @@ def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
     leaves = tuple(t.requires_grad_(spec.requires_grad) if t.is_floating_point() else t
                    for t, spec in zip(leaves, first._schema.leaf_specs))
     return Particle(first._schema, leaves, first._training)
+
+
+class VmapFallbackWarning(UserWarning):
+    """vmap_apply ran members one by one because torch has no batching rule for an op."""
+
+
+def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any) -> Any:
+    """Forward every member of ``pop``: ``torch.func.vmap(nf.apply)`` with a safety net.
+
+    ``in_dims`` describes ``args`` as in ``torch.func.vmap`` (default: every argument shared by
+    all members). Keyword arguments are shared. Where torch has no batching rule for an op the
+    model uses (``nn.LSTM``/``nn.GRU`` in torch 2.13), it runs the members one by one and stacks
+    the outputs, with a :class:`VmapFallbackWarning`, so the result is the same either way.
+
+    >>> import torch, nytorch_func as nf
+    >>> pop = nf.population(torch.nn.Linear(3, 2), 4)
+    >>> nf.vmap_apply(pop, torch.randn(5, 3)).shape
+    torch.Size([4, 5, 2])
+    """
+    import warnings
+
+    from ._bridge import apply
+
+    n = _length(pop, "vmap_apply")
+    dims = (None,) * len(args) if in_dims is None else tuple(in_dims)
+    if len(dims) != len(args):
+        raise SchemaError(f"vmap_apply: in_dims has {len(dims)} entries for {len(args)} arguments")
+
+    def one(p: Particle, *xs: Any) -> Any:
+        return apply(p, *xs, **kwargs)
+
+    try:
+        return torch.func.vmap(one, in_dims=(0, *dims))(pop, *args)
+    except RuntimeError as err:
+        if "Batching rule not implemented" not in str(err):
+            raise
+        warnings.warn(f"vmap_apply: {str(err).splitlines()[0]}; running the {n} members one by "
+                      "one", VmapFallbackWarning, stacklevel=2)
+    outs = [one(pop[i], *(a if d is None else a.select(d, i) for a, d in zip(args, dims)))
+            for i in range(n)]
+    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
