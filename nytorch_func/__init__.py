@@ -16,6 +16,7 @@ from ._bridge import apply, apply_with_state, from_module, to_module
 from ._config import ParamConfig
 from ._edit import (add_buffer, add_module, add_param, configure, configure_buffer, del_buffer,
                     del_module, del_param, set_none)
+from ._func import grad, value_and_grad
 from ._history import diff, history
 from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, VersionError
 from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
@@ -24,7 +25,7 @@ from ._population import (VmapFallbackWarning, from_modules, population, stack, 
                           vmap_apply)
 from ._schema import Schema, TensorSpec
 from ._species import Species
-from ._touch import touch
+from ._touch import touch, touch_tree
 from ._particle import param_ids
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "from_module", "to_module", "apply", "apply_with_state",
     "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
-    "del_module", "set_none", "touch", "history", "diff", "param_ids",
+    "del_module", "set_none", "touch", "touch_tree", "history", "diff", "param_ids",
+    "grad", "value_and_grad",
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
 ]

@@ -62,6 +62,9 @@ def _check_free(schema: Schema, path: str, what: str) -> tuple[str, str, nn.Modu
     if parent is None:
         raise SchemaError(f"{what}: no module {parent_path!r} to hold {name!r} in version "
                           f"{schema.version}; add the module first (nf.add_module)")
+    slot = {**parent._parameters, **parent._modules}
+    if name in slot and slot[name] is None:
+        return parent_path, name, parent  # an empty slot (set to None): filling it is adding
     if name in parent._parameters or name in parent._buffers or name in parent._modules:
         raise SchemaError(f"{what}: {path!r} already exists in version {schema.version}; delete it "
                           "first or choose another name")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ._errors import NytorchFuncError, VersionError
 from ._schema import Schema
@@ -10,7 +13,7 @@ from ._schema import Schema
 if TYPE_CHECKING:
     from ._particle import Particle
 
-__all__ = ["touch", "resolve_target"]
+__all__ = ["touch", "touch_tree", "resolve_target"]
 
 
 def resolve_target(p: "Particle", to: "None | int | Schema") -> Schema:
@@ -31,7 +34,8 @@ def resolve_target(p: "Particle", to: "None | int | Schema") -> Schema:
                        f"{type(to).__name__}")
 
 
-def touch(p: "Particle", to: "None | int | Schema" = None) -> "Particle":
+def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Callable" = "snapshot"
+          ) -> "Particle":
     """``p`` migrated to version ``to`` (default: the species head). Pure.
 
     Every event between the two versions is replayed with recipient semantics: added parameters
@@ -39,6 +43,12 @@ def touch(p: "Particle", to: "None | int | Schema" = None) -> "Particle":
     the batch dimensions of a population), added buffers as the recorded tensor itself, deletions
     remove. Leaves that no event touched are the same tensor objects as in ``p``; ``p`` itself is
     unchanged. A particle already at ``to`` is returned as is.
+
+    ``fill`` decides what entries that did not exist at ``p``'s version start as: ``"snapshot"``
+    (the seed's recipient rule, above), ``"zeros"``, or a callable ``fill(value, spec) -> tensor``
+    given the snapshot value. Use ``"zeros"`` for training state that mirrors a particle
+    (gradients, optimizer moments): a network grown mid-training keeps Adam's moments for the old
+    parameters and starts the new ones at zero.
 
     >>> import torch, nytorch_func as nf
     >>> p = nf.from_module(torch.nn.Linear(2, 1))
@@ -74,4 +84,40 @@ def touch(p: "Particle", to: "None | int | Schema" = None) -> "Particle":
                                f"{start.version} of species {start.species.name!r}")
         event, schema = link
         leaves = event.migrate(leaves, batch_shape)
+    if fill != "snapshot":
+        _refill(leaves, start, target, fill)
     return Particle._make(target, tuple(leaves[k] for k in target.leaf_keys), p._training)
+
+
+def _refill(leaves: dict, start: Schema, target: Schema, fill: "str | Callable") -> None:
+    if fill != "zeros" and not callable(fill):
+        raise VersionError(f"touch: fill must be 'snapshot', 'zeros' or a callable, got {fill!r}")
+    old = {s.pid if s.is_param else s.key for s in start.leaf_specs}
+    for spec in target.leaf_specs:
+        if (spec.pid if spec.is_param else spec.key) in old:
+            continue
+        value = leaves[spec.key]
+        new = torch.zeros_like(value) if fill == "zeros" else fill(value, spec)
+        if not isinstance(new, torch.Tensor) or new.shape != value.shape:
+            raise VersionError(f"touch: fill returned {getattr(new, 'shape', type(new))} for "
+                               f"{spec.key!r}; expected a tensor of shape {tuple(value.shape)}")
+        leaves[spec.key] = new
+
+
+def touch_tree(tree: Any, to: "None | int | Schema" = None, *,
+               fill: "str | Callable" = "snapshot") -> Any:
+    """``touch`` every Particle inside any pytree (optimizer state, dicts, lists, tuples).
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.from_module(torch.nn.Linear(2, 1))
+    >>> state = {"m": p.zeros(), "step": 3}
+    >>> p = nf.add_param(p, "gain", torch.ones(1))
+    >>> nf.touch_tree(state, fill="zeros")["m"]["gain"]
+    tensor([0.])
+    """
+    import optree
+
+    from ._particle import Particle
+
+    return optree.tree_map(lambda x: touch(x, to, fill=fill) if isinstance(x, Particle) else x,
+                           tree, is_leaf=lambda x: isinstance(x, Particle), none_is_leaf=True)
