@@ -21,6 +21,7 @@ from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, Versio
 from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
 from ._particle import Particle
 from ._population import from_modules, population, stack, unstack
+from ._reduce import mean, take, topk, where
 from ._schema import Schema, TensorSpec
 from ._species import Species
 from ._touch import touch
@@ -36,4 +37,5 @@ __all__ = [
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
     "del_module", "set_none", "touch", "history", "diff", "param_ids",
     "stack", "unstack", "population", "from_modules",
+    "mean", "take", "topk", "where",
 ]
