@@ -35,19 +35,32 @@ class PSOState:
         """The best particle found so far (one member of ``best``)."""
         return self.best[int(torch.argmax(self.best_fitness))]
 
-    def touch(self) -> "PSOState":
+    def touch(self, *, velocity_scale: float | None = None,
+              generator: torch.Generator | None = None) -> "PSOState":
         """The swarm at the species' newest version, following any event since.
 
         Positions and personal bests get the recipient values (clones of the event's
-        snapshot: an added layer starts where the initiator's did); velocities of added
-        parameters start at zero; personal-best fitness resets to ``-inf``, since scores of
-        the old structure do not rank the new one, so the next step re-scores every member.
+        snapshot: an added layer starts where the initiator's did, the same in every member).
+        Velocities of added parameters are ``velocity_scale * N(0, 1)``, by default at the
+        swarm's current root-mean-square speed: zero would leave a layer that every member
+        holds identically frozen forever, since PSO only moves along differences. Personal-best
+        fitness resets to ``-inf``: scores of the old structure do not rank the new one, so the
+        next step re-scores every member.
         """
         position = nf.touch(self.position)
         if position.schema is self.position.schema:
             return self
         added = new_param_paths(self.position, position)
-        velocity = refill(nf.touch(self.velocity), added, torch.zeros_like)
+        velocity = nf.touch(self.velocity)
+        if velocity_scale is None:
+            old = [t for path, t in self.velocity.params.items()
+                   if self.velocity.config(path).operational and t.is_floating_point()]
+            count = sum(t.numel() for t in old)
+            velocity_scale = float(torch.sqrt(sum(t.pow(2).sum() for t in old) / count)) \
+                if count else 0.0
+        scale = float(velocity_scale)
+        velocity = refill(velocity, added, lambda t: scale * torch.randn(
+            t.shape, generator=generator, dtype=t.dtype, device=t.device))
         return PSOState(position, velocity, nf.touch(self.best),
                         torch.full_like(self.best_fitness, -torch.inf), self.fitness,
                         self.generation)
@@ -85,10 +98,10 @@ def pso_step(state: PSOState, fitness_fn: Callable[[nf.Particle], torch.Tensor],
 
     ``fitness_fn(population) -> tensor (n,)``, higher is better (NaN never counts as an
     improvement). Runs without autograd. The state is first brought to the newest version
-    (:meth:`PSOState.touch`), so an event made on any particle of the species mid-run is
-    followed.
+    (:meth:`PSOState.touch`, drawing new velocities from ``generator``), so an event made on
+    any particle of the species mid-run is followed.
     """
-    state = state.touch()
+    state = state.touch(generator=generator)
     with torch.no_grad():
         n = state.best_fitness.shape[0]
         f = torch.as_tensor(fitness_fn(state.position)).detach()

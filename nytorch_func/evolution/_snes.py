@@ -108,7 +108,9 @@ def snes_ask(state: SNESState, *, generator: torch.Generator | None = None
     """``(samples, noise)``: ``popsize`` samples ``mean + sigma * noise``, noise ~ N(0, 1)."""
     state = state.touch()
     noise = nf.population(state.mean, state.popsize, init="randn", generator=generator)
-    return state.mean + state.sigma * noise, noise
+    # population on the left: non-operational leaves come from the noise population (copies
+    # of the mean's), so every leaf of the samples carries the member dimension
+    return noise * state.sigma + state.mean, noise
 
 
 def snes_tell(state: SNESState, noise: nf.Particle, fitness: torch.Tensor) -> SNESState:

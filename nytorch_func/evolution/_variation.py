@@ -193,8 +193,9 @@ def pso_velocity(velocity: Particle, position: Particle, best: Particle, global_
 
     ``v' = inertia * v + c1 * r1 * (best - x) + c2 * r2 * (global_best - x)`` with ``r1, r2``
     uniform on [0, 1) per entry, clamped to ``[-max_speed, max_speed]`` if given. ``velocity``,
-    ``position`` and ``best`` are populations; ``global_best`` may be one particle. Draws:
-    ``torch.rand`` per operational leaf in leaf order for ``r1``, then the same for ``r2``.
+    ``position`` and ``best`` are populations; ``global_best`` may be one particle. Draws: per
+    operational leaf in leaf order, ``torch.rand`` for ``r1`` then for ``r2`` (so a leaf added
+    by a later event shifts no earlier draw, and the update commutes with ``nf.touch``).
     Non-operational parameters and buffers come from ``velocity``.
 
     >>> import torch, nytorch_func as nf
@@ -228,10 +229,10 @@ def pso_velocity(velocity: Particle, position: Particle, best: Particle, global_
     pb = [best._leaves[i] for i in idx]
     gb = [global_best._leaves[i] for i in idx]
     shapes = [torch.broadcast_shapes(t.shape, u.shape) for t, u in zip(v, x)]
-    r1 = [torch.rand(sh, generator=generator, dtype=t.dtype, device=t.device)
-          for sh, t in zip(shapes, x)]
-    r2 = [torch.rand(sh, generator=generator, dtype=t.dtype, device=t.device)
-          for sh, t in zip(shapes, x)]
+    r1, r2 = [], []
+    for sh, t in zip(shapes, x):  # per leaf r1 then r2: draws of added leaves come last
+        r1.append(torch.rand(sh, generator=generator, dtype=t.dtype, device=t.device))
+        r2.append(torch.rand(sh, generator=generator, dtype=t.dtype, device=t.device))
     d1 = torch._foreach_sub(pb, x)
     torch._foreach_mul_(d1, r1)
     d2 = torch._foreach_sub(gb, x)
