@@ -125,8 +125,10 @@ def snes_tell(state: SNESState, noise: nf.Particle, fitness: torch.Tensor) -> SN
     dtype = next(iter(state.mean.params.values())).dtype
     u = snes_utilities(f).to(dtype) * n  # nf.mean divides by n: these give sums
     with torch.no_grad():
-        grad_mean = nf.mean(u * noise)
-        grad_sigma = nf.mean(u * (noise * noise - 1.0))
+        weighted = u * noise
+        grad_mean = nf.mean(weighted)
+        # sum_i u_i (noise_i^2 - 1) == sum_i (u_i noise_i) noise_i, since the utilities sum to 0
+        grad_sigma = nf.mean(weighted * noise)
         mean = state.mean + state.lr_mean * (state.sigma * grad_mean)
         sigma = state.sigma * (math.e ** ((state.lr_sigma / 2) * grad_sigma))
     return dataclasses.replace(state, mean=mean, sigma=sigma, generation=state.generation + 1,
