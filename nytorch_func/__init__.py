@@ -23,6 +23,7 @@ from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
 from ._particle import Particle
 from ._population import (VmapFallbackWarning, from_modules, population, stack, unstack,
                           vmap_apply)
+from ._reduce import mean, take, topk, where
 from ._schema import Schema, TensorSpec
 from ._species import Species
 from ._touch import touch, touch_tree
@@ -39,4 +40,5 @@ __all__ = [
     "del_module", "set_none", "touch", "touch_tree", "history", "diff", "param_ids",
     "grad", "value_and_grad",
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
+    "mean", "take", "topk", "where",
 ]

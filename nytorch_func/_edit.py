@@ -213,16 +213,38 @@ def configure(p: Particle, path: str = "", *, operational: bool | None = None,
     return commit(p, build, "configure")
 
 
-def configure_buffer(p: Particle, path: str, *, policy: str) -> Particle:
+def configure_buffer(p: Particle, path: str, *, policy: str,
+                     value: torch.Tensor | None = None) -> Particle:
     """Set what reductions over particles do with the buffer at ``path``.
 
     ``"keep"`` (default): the first operand's value; ``"mean"``: the (weighted) average of
-    floating-point values; ``"reset"``: the value the buffer had when it entered the species.
+    floating-point values; ``"reset"``: ``value``, by default a snapshot of the buffer's value
+    in ``p`` now (member 0 of a population), recorded in the schema.
 
     >>> import torch, nytorch_func as nf
     >>> p = nf.from_module(torch.nn.BatchNorm1d(2))
     >>> p = nf.configure_buffer(p, "running_mean", policy="mean")
     >>> p.schema.spec("running_mean").policy
     'mean'
+    >>> p = nf.configure_buffer(p, "running_var", policy="reset")
+    >>> p.schema.spec("running_var").reset
+    tensor([1., 1.])
     """
-    return commit(p, lambda q: (ConfigureBuffer(path, policy), {}), "configure_buffer")
+    if value is not None and policy != "reset":
+        raise SchemaError(f"configure_buffer: a value is only used with policy='reset', got "
+                          f"policy={policy!r}")
+
+    def build(q: Particle) -> tuple[Event, dict]:
+        snap = None
+        if policy == "reset":
+            snap = value
+            if snap is None:
+                s = q._schema
+                spec = s.spec(path, kind="buffer", what="configure_buffer")
+                i = s.leaf_index.get(spec.key)
+                snap = s.shared[spec.key] if i is None else q._leaves[i]
+                snap = snap.reshape((-1, *spec.shape))[0] if q.batch_shape else snap
+            snap = _tensor(snap, "configure_buffer", path).detach().clone()
+        return ConfigureBuffer(path, policy, snap), {}
+
+    return commit(p, build, "configure_buffer")

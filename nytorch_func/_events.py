@@ -21,7 +21,7 @@ from ._errors import SchemaError
 from ._schema import Schema, TensorSpec, copy_path, split_path, to_meta
 
 __all__ = ["Event", "AddParam", "DelParam", "AddBuffer", "DelBuffer", "AddModule", "DelModule",
-           "SetNone", "Configure", "ConfigureBuffer", "BUFFER_POLICIES"]
+           "SetNone", "Configure", "ConfigureBuffer", "ResetSpec", "BUFFER_POLICIES"]
 
 BUFFER_POLICIES = ("keep", "mean", "reset")
 
@@ -384,17 +384,26 @@ class Configure(Event):
         return f"configure {self.path or '<all>'} -> {changed}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResetSpec(TensorSpec):
+    """The spec of a buffer with policy ``"reset"``: it also carries the value to reset to."""
+
+    reset: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ConfigureBuffer(Event):
     """Change what reductions over particles (``nf.mean``, soups, crossover) do with a buffer.
 
     ``policy``: ``"keep"`` takes the first operand's value, ``"mean"`` averages floating-point
-    values, ``"reset"`` restores the value the buffer had when the species was made (or was
-    added). Leaves are untouched: only the schema changes.
+    values, ``"reset"`` gives ``value``, the snapshot recorded when the policy was set (the
+    buffer's spec then becomes a :class:`ResetSpec` carrying it, so every later version has it).
+    Leaves are untouched: only the schema changes.
     """
 
     path: str
     policy: str
+    value: torch.Tensor | None = None  # "reset" only: the value reductions give the buffer
     kind: ClassVar[str] = "configure_buffer"
 
     def apply(self, schema: Schema) -> Schema:
@@ -402,8 +411,19 @@ class ConfigureBuffer(Event):
         if self.policy not in BUFFER_POLICIES:
             raise SchemaError(f"configure_buffer: policy must be one of {BUFFER_POLICIES}, got "
                               f"{self.policy!r}")
-        specs = tuple(dataclasses.replace(s, policy=self.policy) if s is spec else s
-                      for s in schema.specs)
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TensorSpec)}
+        fields["policy"] = self.policy
+        if self.policy == "reset":
+            v = self.value
+            if not isinstance(v, torch.Tensor) or tuple(v.shape) != spec.shape or v.dtype != spec.dtype:
+                raise SchemaError(
+                    f"configure_buffer: policy 'reset' needs a value for {self.path!r} of shape "
+                    f"{spec.shape} and dtype {spec.dtype}, got "
+                    f"{_shape(v) if isinstance(v, torch.Tensor) else type(v).__name__}")
+            new_spec: TensorSpec = ResetSpec(**fields, reset=v)
+        else:
+            new_spec = TensorSpec(**fields)
+        specs = tuple(new_spec if s is spec else s for s in schema.specs)
         return _next_schema(schema, specs=specs)
 
     def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
