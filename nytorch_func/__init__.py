@@ -17,6 +17,7 @@ from ._config import ParamConfig
 from ._edit import (add_buffer, add_module, add_param, configure, configure_buffer, del_buffer,
                     del_module, del_param, set_none)
 from ._history import diff, history
+from ._io import CheckpointError, load, save
 from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, VersionError
 from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
 from ._particle import Particle
@@ -36,4 +37,5 @@ __all__ = [
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
     "del_module", "set_none", "touch", "history", "diff", "param_ids",
     "stack", "unstack", "population", "from_modules",
+    "save", "load", "CheckpointError",
 ]
