@@ -190,9 +190,8 @@ class Encoder:
             if hooks:
                 raise CheckpointError(f"save: module {name} has {key} registered; hooks are code "
                                       "and cannot be saved without pickle; remove them first")
-        unknown = set(m.__dict__) - _MODULE_INTERNALS
-        attrs = {k: self.value(m.__dict__[k], f"module {name} attribute {k!r}", metas)
-                 for k in sorted(unknown)}
+        attrs = {k: self.value(v, f"module {name} attribute {k!r}", metas)
+                 for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
         return {
             "class": [module, qualname],
             "training": bool(m.training),

@@ -108,7 +108,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     entries = {name: {**entry, "sha256": digest(table.tensors[name])}
                for name, entry in table.entries.items()}
     payload = json.dumps({"species": species, "root": root, "tensors": entries},
-                         allow_nan=False, separators=(",", ":"), sort_keys=True)
+                         allow_nan=False, separators=(",", ":"))
     metadata = {"format": FORMAT, "nytorch_func.format_version": FORMAT_VERSION,
                 _PAYLOAD: payload,
                 _PAYLOAD_SHA: hashlib.sha256(payload.encode()).hexdigest()}
