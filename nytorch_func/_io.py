@@ -78,30 +78,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     species_index: dict[int, int] = {}
     oldest: dict[int, Schema] = {}
     order: list[Species] = []
-
-    def visit(x: Any, where: str) -> None:
-        if isinstance(x, Particle):
-            sp = x._schema.species
-            if id(sp) not in species_index:
-                species_index[id(sp)] = len(order)
-                order.append(sp)
-                oldest[id(sp)] = x._schema
-            elif x._schema.version < oldest[id(sp)].version:
-                oldest[id(sp)] = x._schema
-        elif isinstance(x, (list, tuple)):
-            for i, y in enumerate(x):
-                visit(y, f"{where}[{i}]")
-        elif isinstance(x, dict):
-            for k, y in x.items():
-                if not isinstance(k, str):
-                    raise CheckpointError(f"save: dict keys must be strings, got {k!r} at {where}")
-                visit(y, f"{where}[{k!r}]")
-        else:
-            raise CheckpointError(f"save: {where or 'the object'} is a {type(x).__name__}; save "
-                                  "takes a Particle or lists/tuples/dicts of Particles (for plain "
-                                  "PyTorch weights use nf.to_module(p).state_dict())")
-
-    visit(obj, "")
+    _visit(obj, "", species_index, oldest, order)
     species = [_encode_species(enc, sp, oldest[id(sp)], i) for i, sp in enumerate(order)]
     root = _encode_tree(enc, obj, "", species_index)
     table = enc.table
@@ -114,6 +91,32 @@ def save(path: str | os.PathLike, obj: Any) -> None:
                 _PAYLOAD_SHA: hashlib.sha256(payload.encode()).hexdigest()}
     data = safetensors.torch.save(table.tensors, metadata=metadata)
     _atomic_write(target, data)
+
+
+def _visit(x: Any, where: str, species_index: dict[int, int], oldest: dict[int, Schema],
+           order: list[Species]) -> None:
+    """Check what is saved and find, per species, the oldest saved version (no closures: a
+    recursive closure would be a reference cycle holding schemas)."""
+    if isinstance(x, Particle):
+        sp = x._schema.species
+        if id(sp) not in species_index:
+            species_index[id(sp)] = len(order)
+            order.append(sp)
+            oldest[id(sp)] = x._schema
+        elif x._schema.version < oldest[id(sp)].version:
+            oldest[id(sp)] = x._schema
+    elif isinstance(x, (list, tuple)):
+        for i, y in enumerate(x):
+            _visit(y, f"{where}[{i}]", species_index, oldest, order)
+    elif isinstance(x, dict):
+        for k, y in x.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"save: dict keys must be strings, got {k!r} at {where}")
+            _visit(y, f"{where}[{k!r}]", species_index, oldest, order)
+    else:
+        raise CheckpointError(f"save: {where or 'the object'} is a {type(x).__name__}; save "
+                              "takes a Particle or lists/tuples/dicts of Particles (for plain "
+                              "PyTorch weights use nf.to_module(p).state_dict())")
 
 
 def _encode_species(enc: Encoder, sp: Species, base: Schema, index: int) -> dict:
