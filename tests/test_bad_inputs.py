@@ -106,10 +106,6 @@ def err(t: type[BaseException], match: str | None = None) -> Err:
     return Err(t, match)
 
 
-def leaf_of(p: nf.Particle, key: str) -> torch.Tensor:
-    return p[key]
-
-
 def _all(cond: bool) -> None:
     assert cond
 

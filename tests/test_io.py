@@ -288,7 +288,8 @@ def test_hooks_are_refused(tmp_path):
         nf.save(tmp_path / "x.safetensors", nf.from_module(net))
 
 
-@pytest.mark.parametrize("obj", [torch.ones(2), "p", [1], {1: None}], ids=["tensor", "str", "list_of_int", "int_key"])
+@pytest.mark.parametrize("obj", [torch.ones(2), "p", [1], {1: None}],
+                         ids=["tensor", "str", "list_of_int", "int_key"])
 def test_non_particles_are_refused(tmp_path, obj):
     if isinstance(obj, dict):
         obj = {1: nf.from_module(nn.Linear(1, 1))}
@@ -364,7 +365,8 @@ def test_flipped_header_byte_is_caught(saved):
         nf.load(saved)
 
 
-@pytest.mark.parametrize("keep", [0.0, 0.01, 0.5, 0.99], ids=["empty", "header_cut", "half", "last_bytes"])
+@pytest.mark.parametrize("keep", [0.0, 0.01, 0.5, 0.99],
+                         ids=["empty", "header_cut", "half", "last_bytes"])
 def test_truncated_file_is_caught(saved, keep):
     data = saved.read_bytes()
     cut = len(data) - 1 if keep == 0.99 else int(len(data) * keep)
