@@ -18,6 +18,7 @@ from ._edit import (add_buffer, add_module, add_param, configure, configure_buff
                     del_module, del_param, set_none)
 from ._func import grad, value_and_grad
 from ._history import diff, history
+from ._io import CheckpointError, load, save
 from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, VersionError
 from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
 from ._particle import Particle
@@ -41,4 +42,5 @@ __all__ = [
     "grad", "value_and_grad",
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
     "mean", "take", "topk", "where",
+    "save", "load", "CheckpointError",
 ]
