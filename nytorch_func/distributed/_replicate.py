@@ -19,9 +19,9 @@ from .._errors import NytorchFuncError
 from .._particle import Particle
 from .._schema import Schema
 from .._touch import touch
-from ._errors import EventConflictError, StructureSkewError
+from ._errors import DistributedError, EventConflictError, StructureSkewError
 from ._eventwire import decode_events, encode_events
-from ._wire import agree, ctrl_device, fingerprint, guarded, require_group
+from ._wire import agree, check_ctrl, ctrl_device, guarded, reduce_ctrl, require_group
 
 __all__ = ["Replica"]
 
@@ -87,15 +87,18 @@ class Replica:
         group = self.group
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         head = p._schema
-        blob = b""
+        blob, problem = b"", ""
         if head.version > anchor.version:
-            blob = encode_events(_events_between(anchor, head))
-        # One all_reduce(MAX): anchor version and structure (checked by agree) plus every
-        # rank's head version and message length in its own slot.
-        slots = torch.full((2 * world,), -1.0, dtype=torch.float64)
+            try:
+                blob = encode_events(_events_between(anchor, head))
+            except NytorchFuncError as err:  # told to every rank below, not raised alone
+                problem = str(err)
+        # One all_reduce(MAX): anchor version and structure, plus every rank's head version and
+        # message length (-1: could not encode) in its own slot.
+        slots = torch.full((2 * world,), -torch.inf, dtype=torch.float64)
         slots[rank] = head.version
-        slots[world + rank] = len(blob)
-        reduced = agree(anchor, what, group, slots).cpu()
+        slots[world + rank] = -1 if problem else len(blob)
+        reduced = agree(anchor, what, group, slots)
         heads = [int(v) for v in reduced[:world]]
         lengths = [int(v) for v in reduced[world:]]
         ahead = [r for r, v in enumerate(heads) if v > anchor.version]
@@ -104,20 +107,39 @@ class Replica:
                 f"{what}: ranks {ahead} all made events since version {anchor.version} (their "
                 f"heads: {[heads[r] for r in ahead]}); a chain cannot hold both. Make events on "
                 "one rank at a time and call sync on every rank in between")
-        if ahead:
-            src = ahead[0]
-            n = lengths[src]
-            dev = ctrl_device(group)
-            buf = (torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(dev) if rank == src
-                   else torch.empty(n, dtype=torch.uint8, device=dev))
-            src_global = src if group is None else dist.get_global_rank(group, src)
-            guarded(what, "broadcast", dist.broadcast, [buf], buf, src=src_global, group=group)
-            if rank != src:
-                p = _append(p, decode_events(buf.cpu().numpy().tobytes()), what)
-        head = p._schema
-        # Everyone must now hold the same head: a cheap check that turns divergence into an error.
-        agree(head, what, group)
-        self._anchor = head
+        if not ahead:
+            self._anchor = head
+            return p
+        src = ahead[0]
+        if lengths[src] < 0:
+            raise DistributedError(problem or f"{what}: rank {src} could not encode its events "
+                                   "(its own error says why); nothing was replicated")
+        dev = ctrl_device(group)
+        buf = (torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(dev) if rank == src
+               else torch.empty(lengths[src], dtype=torch.uint8, device=dev))
+        src_global = src if group is None else dist.get_global_rank(group, src)
+        guarded(what, "broadcast", dist.broadcast, [buf], buf, src=src_global, group=group)
+        problem = ""
+        if rank != src:
+            try:
+                events = decode_events(buf.cpu().numpy().tobytes())
+                _dry_run(head, events)
+            except NytorchFuncError as err:
+                problem = str(err)
+            else:
+                p = _append(p, events, what)
+        # Every rank must now hold the same head; a rank that could not append says so in the
+        # same all_reduce, so all of them raise together rather than one hanging.
+        failed = torch.zeros(world, dtype=torch.float64)
+        failed[rank] = 1.0 if problem else 0.0
+        ctrl, failed = reduce_ctrl(p._schema, what, group, failed)
+        if problem or bool(failed.any()):
+            bad = [r for r in range(world) if failed[r] > 0]
+            raise DistributedError(problem or f"{what}: ranks {bad} could not append the events "
+                                   f"of rank {src} (their own errors say why); the chains differ "
+                                   "now: restart from the last checkpoint")
+        check_ctrl(p._schema, what, ctrl)
+        self._anchor = p._schema
         return p
 
 
@@ -131,6 +153,13 @@ def _events_between(start: Schema, end: Schema) -> list:
         events.append(link[0])
         s = link[1]
     return events
+
+
+def _dry_run(head: Schema, events: list) -> None:
+    """Apply ``events`` to unlinked schemas: every one must fit before any is appended."""
+    s = head
+    for event in events:
+        s = event.bind(s).apply(s)
 
 
 def _append(p: Particle, events: list, what: str) -> Particle:

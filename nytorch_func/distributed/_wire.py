@@ -29,7 +29,7 @@ from ._errors import DistributedError, RankFailureError, StructureSkewError, Ver
 if TYPE_CHECKING:
     from .._schema import Schema
 
-__all__ = ["Traffic", "count_bytes", "guarded", "agree", "pack", "unpack", "Layout",
+__all__ = ["Traffic", "count_bytes", "guarded", "agree", "reduce_ctrl", "check_ctrl", "fingerprint", "pack", "unpack", "Layout",
            "world_of", "rank_of", "ctrl_device", "require_group"]
 
 
@@ -124,8 +124,8 @@ def guarded(what: str, kind: str, fn: Any, tensors: Sequence[torch.Tensor], *arg
         raise RankFailureError(
             f"{what}: the {kind} collective failed on rank {dist.get_rank()}: a peer rank died or "
             f"did not answer within the process group's timeout ({type(err).__name__}: "
-            f"{_first_line(err)}). Restart the job and resume from the per-rank checkpoints "
-            "(nfd.save_checkpoint / nfd.load_checkpoint).") from err
+            f"{_first_line(err)}). Restart the job (torchrun --max-restarts) and "
+            "resume from its per-rank checkpoints.") from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -150,33 +150,47 @@ def fingerprint(schema: "Schema") -> int:
     return fp
 
 
-def agree(schema: "Schema", what: str, group: Any = None,
-          payload: torch.Tensor | None = None) -> torch.Tensor | None:
-    """All ranks check they hold one version and one structure, in one ``all_reduce(MAX)``.
-
-    The reduced tensor is ``[v, -v, fp, -fp, *payload]`` in float64 (versions and 31-bit
-    fingerprints are exact there); ``payload`` (1-D) rides along, MAX-reduced, and its reduced
-    value is returned. Every rank sees the same result, so every rank raises the same error and
-    no rank is left waiting in a later collective.
-    """
+def reduce_ctrl(schema: "Schema", what: str, group: Any = None,
+                payload: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+    """One ``all_reduce(MAX)`` of ``[v, -v, fp, -fp, *payload]`` (float64; versions and 31-bit
+    fingerprints are exact there). Returns ``([max v, min v, max fp, min fp], payload_max)``."""
     fp = fingerprint(schema)
     dev = ctrl_device(group)
     head = torch.tensor([schema.version, -schema.version, fp, -fp], dtype=torch.float64, device=dev)
     t = head if payload is None else torch.cat([head, payload.to(dev, torch.float64)])
     guarded(what, "all_reduce", dist.all_reduce, [t], t, op=dist.ReduceOp.MAX, group=group)
+    t = t.cpu()
     hi_v, lo_v, hi_f, lo_f = (int(x) for x in t[:4].tolist())
-    lo_v, lo_f = -lo_v, -lo_f
+    return [hi_v, -lo_v, hi_f, -lo_f], t[4:]
+
+
+def check_ctrl(schema: "Schema", what: str, ctrl: list[int]) -> None:
+    """Raise the same typed error on every rank when versions or structures differ."""
+    hi_v, lo_v, hi_f, lo_f = ctrl
     if hi_v != lo_v:
         raise VersionSkewError(
             f"{what}: the ranks hold versions {lo_v}..{hi_v} of the species (rank "
             f"{dist.get_rank()} holds version {schema.version}); every rank must be at the same "
-            "version: make events on one rank, call nfd.sync(p) on every rank, then nf.touch")
+            "version: make events on one rank, call sync on every rank (nfd.Replica), then "
+            "nf.touch")
     if hi_f != lo_f:
         raise StructureSkewError(
             f"{what}: the ranks hold particles of different structure at version "
             f"{schema.version} (paths, shapes, dtypes or configs differ); build the species the "
-            "same way on every rank and change it only through events replicated with nfd.sync")
-    return None if payload is None else t[4:]
+            "same way on every rank and change it only through events replicated with nfd.Replica")
+
+
+def agree(schema: "Schema", what: str, group: Any = None,
+          payload: torch.Tensor | None = None) -> torch.Tensor | None:
+    """All ranks check they hold one version and one structure, in one ``all_reduce(MAX)``.
+
+    ``payload`` (1-D) rides along in the same collective, MAX-reduced, and its reduced value is
+    returned. Every rank sees the same result, so every rank raises the same error and no rank
+    is left waiting in a later collective.
+    """
+    ctrl, rest = reduce_ctrl(schema, what, group, payload)
+    check_ctrl(schema, what, ctrl)
+    return None if payload is None else rest
 
 
 # flat buffers -------------------------------------------------------------------------------------
@@ -226,7 +240,7 @@ def unpack(bufs: Sequence[torch.Tensor], layout: Layout, lead: Sequence[int] = (
     for buf, dtype, idx in zip(bufs, layout.dtypes, layout.members):
         sizes = [_numel(layout.shapes[i]) for i in idx]
         for i, piece in zip(idx, torch.split(buf, sizes, dim=len(lead))):
-            piece = piece.reshape(*lead, *layout.shapes[i])
+            piece = piece.reshape((*lead, *layout.shapes[i]))
             out[i] = piece.to(torch.bool) if dtype == torch.bool else piece
     return out
 
