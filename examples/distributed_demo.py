@@ -4,8 +4,8 @@
     python examples/distributed_demo.py                               # the same, 1 process
     torchrun --nproc-per-node=2 examples/distributed_demo.py --bench  # timing + bytes moved
 
-Every rank draws the same perturbations (one seeded generator), evaluates only its block of the
-population (a vmap'd forward pass over the training set per member), and the ranks combine
+Every rank draws the perturbations of its own block of the population (member i from its own
+seed, so the run does not depend on the number of processes), evaluates only that block (a vmap'd forward pass over the training set per member), and the ranks combine
 fitness and the update with collectives: ``gather_tensor`` (fitness ranks), ``sum`` (the ES
 gradient estimate, one all_reduce per dtype) and ``best``. The result is the same for any
 number of processes; only the evaluation is split.
@@ -46,7 +46,14 @@ def fitness(pop: nf.Particle, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def es_generation(theta: nf.Particle, gen: int, n: int, sigma: float, lr: float,
                   x: torch.Tensor, y: torch.Tensor) -> tuple[nf.Particle, float, float]:
     """One ES step; returns (new theta, best fitness, seconds spent evaluating)."""
-    eps = nfd.shard(nf.population(theta, n, generator=torch.Generator().manual_seed(1000 + gen)))
+    # Each rank draws only its own members' noise, member i from its own seed: the same
+    # numbers for any number of processes, and no rank pays for the whole population.
+    rank, world = nfd.init()
+    sizes = nfd.split_sizes(n, world)
+    first = sum(sizes[:rank])
+    local = nf.stack([nf.randn_like(theta, generator=torch.Generator().manual_seed(
+        1_000_003 * gen + i)) for i in range(first, first + sizes[rank])])
+    eps = nfd.ShardedPopulation(local, total=n, rank=rank, world=world)
     t0 = time.perf_counter()
     f_local = fitness(sigma * eps.local + theta, x, y)
     t_eval = time.perf_counter() - t0
