@@ -52,8 +52,16 @@ def _next_schema(schema: Schema, *, skeleton: nn.Module | None = None,
                   schema.next_pid if next_pid is None else next_pid)
 
 
-def _check_free(schema: Schema, path: str, what: str) -> tuple[str, str, nn.Module]:
-    """The parent path, name and skeleton parent for a new member at ``path``."""
+_SLOTS = {"param": "_parameters", "buffer": "_buffers", "module": "_modules"}
+
+
+def _check_free(schema: Schema, path: str, what: str,
+                kind: str = "param") -> tuple[str, str, nn.Module]:
+    """The parent path, name and skeleton parent for a new member at ``path``.
+
+    A ``None`` entry of the same kind (left by :class:`SetNone`, like ``module.bias = None``)
+    is free: the new member fills it, as assigning to ``module.bias`` does in torch.
+    """
     if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
         raise SchemaError(f"{what}: path must be a non-empty dotted name like 'encoder.weight', "
                           f"got {path!r}")
@@ -62,6 +70,9 @@ def _check_free(schema: Schema, path: str, what: str) -> tuple[str, str, nn.Modu
     if parent is None:
         raise SchemaError(f"{what}: no module {parent_path!r} to hold {name!r} in version "
                           f"{schema.version}; add the module first (nf.add_module)")
+    slot = getattr(parent, _SLOTS[kind])
+    if name in slot and slot[name] is None:
+        return parent_path, name, parent
     if name in parent._parameters or name in parent._buffers or name in parent._modules:
         raise SchemaError(f"{what}: {path!r} already exists in version {schema.version}; delete it "
                           "first or choose another name")
@@ -165,7 +176,7 @@ class AddBuffer(Event):
     kind: ClassVar[str] = "add_buffer"
 
     def apply(self, schema: Schema) -> Schema:
-        parent_path, name, _ = _check_free(schema, self.path, "add_buffer")
+        parent_path, name, _ = _check_free(schema, self.path, "add_buffer", "buffer")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         parent.register_buffer(name, to_meta(self.tensor), persistent=self.persistent)
         spec = TensorSpec.of(self.path, "buffer", self.tensor, state=self.state,
@@ -308,7 +319,7 @@ class AddModule(Event):
     kind: ClassVar[str] = "add_module"
 
     def apply(self, schema: Schema) -> Schema:
-        parent_path, name, _ = _check_free(schema, self.path, "add_module")
+        parent_path, name, _ = _check_free(schema, self.path, "add_module", "module")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         parent.add_module(name, self.skeleton)
         new_specs, shared = [], dict(schema.shared)
@@ -397,8 +408,8 @@ class ConfigureBuffer(Event):
     def apply(self, schema: Schema) -> Schema:
         spec = schema.spec(self.path, kind="buffer", what="configure_buffer")
         if self.policy not in BUFFER_POLICIES:
-            raise SchemaError(f"configure_buffer: policy must be one of {BUFFER_POLICIES}, got "
-                              f"{self.policy!r}")
+            raise SchemaError(f"configure_buffer: policy for {self.path!r} must be one of "
+                              f"{BUFFER_POLICIES}, got {self.policy!r}")
         specs = tuple(dataclasses.replace(s, policy=self.policy) if s is spec else s
                       for s in schema.specs)
         return _next_schema(schema, specs=specs)
