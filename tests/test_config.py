@@ -4,6 +4,7 @@ import copy
 import dataclasses
 
 import pytest
+import torch
 
 import nytorch_func as nf
 from nytorch_func import ParamConfig, SchemaError
@@ -86,3 +87,14 @@ def test_bad_types_are_schema_errors(kwargs, match):
 def test_replace_validates():
     with pytest.raises(SchemaError, match="clone must be a bool"):
         ParamConfig().replace(clone=0)
+
+
+@pytest.mark.parametrize("name", ["replace", "shared", "attrs", "get", "asdict"])
+def test_attribute_names_of_paramconfig_itself_are_refused(name):
+    """Regression: ParamConfig(shared=1).shared returned the property, not the attribute."""
+    with pytest.raises(SchemaError, match=f"attribute name '{name}' is taken"):
+        ParamConfig(**{name: 1})
+    p = nf.from_module(torch.nn.Linear(1, 1))
+    with pytest.raises(SchemaError, match="'weight'.*is taken"):
+        nf.configure(p, "weight", **{name: 1})
+    assert len(p.species) == 1
