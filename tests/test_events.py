@@ -422,3 +422,33 @@ def test_forward_at_every_version():
             assert torch.isfinite(out).all()
             assert torch.allclose(out, nf.to_module(r)(x), atol=1e-6)
     assert nf.apply(p, x).shape == (5, 2)
+
+
+def test_concurrent_initiators_serialise():
+    import threading
+
+    p = nf.from_module(nn.Linear(2, 2))
+    starts = [p.randn() for _ in range(4)]
+    errors, finals = [], [None] * 4
+
+    def work(i):
+        q = starts[i]
+        try:
+            for j in range(20):
+                q = nf.add_param(q, f"t{i}_{j}", torch.full((1,), float(j)))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+        finals[i] = q
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(p.species) == 81
+    head = nf.touch(p)
+    assert len(head.params) == 2 + 80 and [s.version for s in [head.schema]] == [80]
+    for i, q in enumerate(finals):
+        assert torch.equal(nf.touch(q)[f"t{i}_19"], torch.full((1,), 19.0))
+    assert sorted(nf.param_ids(head).values()) == list(range(82))  # ids never collide

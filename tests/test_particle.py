@@ -143,3 +143,22 @@ def test_tied_paths_are_one_leaf():
     assert p.schema.leaf_keys == ("emb.weight", "mid.weight", "mid.bias")
     assert p["out.weight"] is p["emb.weight"]
     assert len(optree.tree_leaves(p)) == 3
+
+
+def test_schema_identity_and_reading():
+    p = nf.from_module(nested_sequential())
+    s = p.schema
+    q = nf.add_param(p, "extra", torch.ones(1))
+    assert s == p.randn().schema and s != q.schema and hash(s) == hash(p.species.version(0))
+    assert s != nf.from_module(nested_sequential()).schema  # same version, other species
+    assert copy.deepcopy(s) is s and copy.copy(s) is s
+    assert [x.key for x in s.specs_under("0.1")] == ["0.1.0.weight", "0.1.0.bias"]
+    assert [x.key for x in s.specs_under("0.1.0.weight")] == ["0.1.0.weight"]
+    assert s.specs_under("0.1.0.w") == []  # a prefix of a name is not a module
+    assert len(s.specs_under("")) == 6
+    assert isinstance(s.module_at("0.1.0"), nn.Linear) and s.module_at("9") is None
+    assert s.module_at("") is s.skeleton
+    assert s.describe().splitlines()[1] == ("  param 0.0.weight [5x4 float32] id=0 "
+                                            "ParamConfig(operational=True, clone=True)")
+    assert repr(s) == f"Schema(species={p.species.name!r}, version=0, params=6, buffers=0)"
+    assert s.event.describe().startswith("add_param extra") and s.next is q.schema
