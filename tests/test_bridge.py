@@ -330,3 +330,22 @@ def test_apply_does_not_change_shared_buffers():
     p = nf.add_buffer(nf.from_module(SharedCounter()), "count", torch.zeros(1), state=False)
     with unchanged(p):
         nf.apply(p, torch.ones(1, 2))
+
+
+def test_to_module_keeps_per_submodule_modes():
+    """Regression: to_module called .train(root mode) on the copy, so a frozen (eval)
+    BatchNorm or Dropout inside a training model came back in training mode, and
+    to_module(p)(x) differed from nf.apply(p, x) and from the original module."""
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
+    net[1].eval()
+    net[2].eval()
+    with torch.no_grad():
+        net[1].running_mean.fill_(2.0)
+    p = nf.from_module(net)
+    x = torch.randn(4, 3)
+    m = nf.to_module(p)
+    assert [mod.training for mod in m.modules()] == [mod.training for mod in net.modules()]
+    assert torch.allclose(m(x), _eager(net, x)) and torch.allclose(nf.apply(p, x), m(x))
+    # an explicit mode on the particle sets every module, as Module.train/eval do
+    assert not any(mod.training for mod in nf.to_module(p.eval()).modules())
+    assert all(mod.training for mod in nf.to_module(p.train()).modules())
