@@ -452,3 +452,42 @@ def test_concurrent_initiators_serialise():
     for i, q in enumerate(finals):
         assert torch.equal(nf.touch(q)[f"t{i}_19"], torch.full((1,), 19.0))
     assert sorted(nf.param_ids(head).values()) == list(range(82))  # ids never collide
+
+
+def test_tied_param_made_shared_stays_tied():
+    p = nf.from_module(tied_model())
+    q = p.randn()
+    p2 = nf.configure(p, "out.weight", operational=False, clone=False)
+    assert list(p2.schema.shared) == ["emb.weight"] and p2["out.weight"] is p2["emb.weight"]
+    q2 = nf.touch(q)
+    assert q2["emb.weight"] is p2["emb.weight"] and "emb.weight" not in q2.schema.leaf_keys
+    m = nf.to_module(q2)
+    assert m.out.weight is m.emb.weight is p2["emb.weight"]
+    x = example_input("tied")
+    assert torch.allclose(nf.apply(q2, x), m(x), atol=1e-6)
+
+
+def test_add_module_with_tied_weights_inside():
+    p = nf.from_module(nn.Sequential(nn.Linear(2, 2)))
+    q = p.randn()
+    lm = tied_model()
+    p2 = nf.add_module(p, "lm", lm)
+    q2 = nf.touch(q)
+    assert p2.schema.spec("lm.out.weight").paths == ("lm.emb.weight", "lm.out.weight")
+    assert p2["lm.out.weight"] is lm.emb.weight
+    assert q2["lm.out.weight"] is q2["lm.emb.weight"] and q2["lm.emb.weight"] is not lm.emb.weight
+    m = nf.to_module(q2)
+    assert m.lm.out.weight is m.lm.emb.weight
+
+
+def test_non_persistent_buffers():
+    p = nf.add_buffer(nf.from_module(nn.Linear(2, 2)), "tmp", torch.ones(2), persistent=False)
+    q = nf.add_buffer(p, "kept", torch.ones(1))
+    assert list(nf.to_module(q).state_dict()) == ["weight", "bias", "kept"]
+    assert list(q.buffers) == ["tmp", "kept"] and not q.schema.spec("tmp").persistent
+
+
+def test_add_bias_to_linear_without_bias():
+    p = nf.from_module(nn.Linear(2, 2, bias=False))
+    p = nf.add_param(p, "bias", torch.ones(2))
+    assert torch.equal(nf.apply(p, torch.zeros(1, 2)), torch.ones(1, 2))
