@@ -380,9 +380,14 @@ class Configure(Event):
         return out
 
     def bind(self, schema: Schema) -> "Configure":
-        """Record which shared parameters become per-particle (their value to clone)."""
+        """Record which shared parameters become per-particle, with a snapshot of their value.
+
+        A snapshot, not the shared tensor itself: that tensor may still change in place after
+        the event (it is the old versions' shared value), and touch must not depend on when it
+        runs.
+        """
         new = dict(self.configs)
-        to_leaf = tuple((s.key, schema.shared[s.key]) for s in schema.specs
+        to_leaf = tuple((s.key, _snapshot(schema.shared[s.key])) for s in schema.specs
                         if s.key in new and not s.leaf and not new[s.key].shared)
         object.__setattr__(self, "_to_leaf", to_leaf)
         return self
@@ -419,6 +424,11 @@ class ConfigureBuffer(Event):
 
     def describe(self) -> str:
         return f"configure_buffer {self.path} policy={self.policy}"
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` that keeps its requires_grad flag (fresh_copy reads it)."""
+    return t.detach().clone().requires_grad_(t.requires_grad)
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -491,3 +491,19 @@ def test_add_bias_to_linear_without_bias():
     p = nf.from_module(nn.Linear(2, 2, bias=False))
     p = nf.add_param(p, "bias", torch.ones(2))
     assert torch.equal(nf.apply(p, torch.zeros(1, 2)), torch.ones(1, 2))
+
+
+def test_shared_to_per_particle_is_a_snapshot():
+    """Regression: recipients copied the shared tensor when *touched*, so an in-place change
+    of the old versions' shared value after the event changed what late touches got."""
+    p = nf.from_module(nn.Linear(2, 2))
+    q = p.randn()
+    p2 = nf.configure(p, "weight", operational=False, clone=False)
+    p3 = nf.configure(p2, "weight", clone=True)
+    early = nf.touch(q)
+    with torch.no_grad():
+        p2["weight"].add_(10)  # the shared tensor of versions 1, still held by p2
+    late = nf.touch(q)
+    assert torch.equal(early["weight"], late["weight"])
+    assert torch.equal(p3["weight"], late["weight"]) and late["weight"].requires_grad
+    assert not torch.equal(p2["weight"], late["weight"])
