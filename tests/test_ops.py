@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
@@ -285,3 +287,16 @@ def test_python_O_parity(tmp_path):
     assert (debug, optimized) == ("True", "False")  # -O really removed asserts
     assert normal == rest
     assert outs[0].count("Error") == 5 and "no error" not in outs[0]
+
+
+_floats = st.floats(-4, 4, allow_nan=False, width=32)
+
+
+@given(a=_floats, b=_floats)
+def test_linear_combination_matches_reference(a, b):
+    p = nf.configure(nf.from_module(bn_net()), "0.bias", operational=False)
+    q = p.randn(generator=torch.Generator().manual_seed(0))
+    r = a * p + b * q - q * a
+    _check(r, p, _reference(p, lambda k, t: a * t + b * q[k] - q[k] * a))
+    zero = p - p
+    _check(zero, p, _reference(p, lambda k, t: torch.zeros_like(t)))

@@ -4,6 +4,8 @@ import gc
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
@@ -217,3 +219,16 @@ def test_long_chain_touch_once_equals_touch_every_event():
     pop_once = nf.touch(pop)
     for k in once.schema.leaf_keys:
         assert torch.equal(pop_once[k][0], once[k]), k
+
+
+@settings(max_examples=10, deadline=None)
+@given(rng=st.randoms(use_true_random=False), n=st.integers(1, 40))
+def test_any_event_sequence_touch_once_equals_stepwise(rng, n):
+    stepwise = None
+    snapshots = {}
+    for _, p, old in _random_events(rng, n, snapshots):
+        stepwise = nf.touch(old if stepwise is None else stepwise)
+    once = nf.touch(old)
+    assert once.version == n
+    assert_same_values(once, stepwise)
+    assert_same_values(nf.touch(nf.touch(old, to=n // 2)), once)
