@@ -349,3 +349,16 @@ def test_to_module_keeps_per_submodule_modes():
     # an explicit mode on the particle sets every module, as Module.train/eval do
     assert not any(mod.training for mod in nf.to_module(p.eval()).modules())
     assert all(mod.training for mod in nf.to_module(p.train()).modules())
+
+
+def test_failed_forward_restores_skeleton_modes():
+    p = nf.from_module(bn_net())
+    modes = [m.training for m in p.schema.skeleton.modules()]
+    with unchanged(p):
+        with pytest.raises(RuntimeError):
+            nf.apply(p.eval(), torch.randn(5, 9))  # wrong feature size
+        with pytest.raises(RuntimeError):
+            nf.apply_with_state(p.eval(), torch.randn(5, 9))
+    assert [m.training for m in p.schema.skeleton.modules()] == modes
+    assert torch.allclose(nf.apply(p, example_input("bn_net")),
+                          _eager(nf.to_module(p), example_input("bn_net")), atol=1e-6)
