@@ -195,7 +195,8 @@ def to_module(p: Particle, *, copy: bool = True) -> nn.Module:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = tensor
     memo[id(memo)] = []
     module = _copy.deepcopy(s.skeleton, memo)
-    module.train(p.training)
+    if p._training is not None:  # p.train()/p.eval() set every module; else keep each one's mode
+        module.train(p._training)
     return module
 
 

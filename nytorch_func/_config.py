@@ -43,6 +43,9 @@ class ParamConfig:
         for key, value in attrs.items():
             if key.startswith("_"):
                 raise SchemaError(f"ParamConfig: attribute names may not start with '_': {key!r}")
+            if key in _RESERVED:
+                raise SchemaError(f"ParamConfig: attribute name {key!r} is taken by ParamConfig "
+                                  f"itself (config.{key} would not return it); choose another name")
             if not isinstance(value, Hashable):
                 raise SchemaError(
                     f"ParamConfig: attribute {key!r} must be hashable (configs are shared, frozen "
@@ -108,6 +111,9 @@ class ParamConfig:
 
     def __reduce__(self):  # copy/deepcopy support; never used for pickling to disk
         return (_rebuild, (self.asdict(),))
+
+
+_RESERVED = frozenset(name for name in vars(ParamConfig) if not name.startswith("_"))
 
 
 def _rebuild(fields: dict[str, Any]) -> ParamConfig:

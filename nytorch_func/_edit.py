@@ -61,6 +61,13 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
         return result
 
 
+def _path(path: object, what: str) -> str:
+    if not isinstance(path, str) or not path:
+        raise SchemaError(f"{what}: path must be a non-empty dotted name like 'encoder.weight', "
+                          f"got {path!r}")
+    return path
+
+
 def _tensor(value: object, what: str, path: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise SchemaError(f"{what}: the value for {path!r} must be a torch.Tensor, got "
@@ -86,7 +93,8 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
     """
     tensor = _tensor(tensor, "add_param", path)
     if config is not None and not isinstance(config, ParamConfig):
-        raise SchemaError(f"add_param: config must be a ParamConfig, got {type(config).__name__}")
+        raise SchemaError(f"add_param: config for {path!r} must be a ParamConfig, got "
+                          f"{type(config).__name__}")
     cfg = config or ParamConfig()
     if tensor.requires_grad and not (tensor.is_floating_point() or tensor.is_complex()):
         raise SchemaError(f"add_param: {path!r} must be floating point to require grad")
@@ -97,6 +105,7 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
 
 def del_param(p: Particle, path: str) -> Particle:
     """Delete the parameter at ``path`` (one alias of a tied parameter deletes only that name)."""
+    _path(path, "del_param")
     return commit(p, lambda q: (DelParam(path), {}), "del_param")
 
 
@@ -108,6 +117,7 @@ def set_none(p: Particle, path: str) -> Particle:
     >>> list(p.params), nf.apply(p, torch.ones(1, 2)).shape
     (['weight'], torch.Size([1, 1]))
     """
+    _path(path, "set_none")
     return commit(p, lambda q: (SetNone(path), {}), "set_none")
 
 
@@ -120,13 +130,14 @@ def add_buffer(p: Particle, path: str, tensor: torch.Tensor, *, state: bool = Tr
     """
     tensor = _tensor(tensor, "add_buffer", path)
     if not isinstance(state, bool):
-        raise SchemaError(f"add_buffer: state must be True or False, got {state!r}")
+        raise SchemaError(f"add_buffer: state for {path!r} must be True or False, got {state!r}")
     event = AddBuffer(path, tensor, state, bool(persistent))
     return commit(p, lambda q: (event, {path: tensor}), "add_buffer")
 
 
 def del_buffer(p: Particle, path: str) -> Particle:
     """Delete the buffer at ``path``."""
+    _path(path, "del_buffer")
     return commit(p, lambda q: (DelBuffer(path), {}), "del_buffer")
 
 
@@ -153,8 +164,9 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
         skeleton = make_skeleton(plain)
         snapshots = tuple(v.detach().clone() for v in values)
     except Exception as err:  # noqa: BLE001
-        raise SchemaError(f"add_module: cannot copy {type(module).__name__} for the other "
-                          f"particles ({type(err).__name__}: {err})") from err
+        raise SchemaError(f"add_module: cannot copy {type(module).__name__} at {path!r} for the "
+                          f"other particles ({type(err).__name__}: {err}); make the module "
+                          "deep-copyable") from err
     event = AddModule(path, skeleton, tuple(specs), snapshots)
     own = {f"{path}.{s.key}": v for s, v in zip(specs, values)}
     return commit(p, lambda q: (event, own), "add_module")
@@ -162,6 +174,7 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
 
 def del_module(p: Particle, path: str) -> Particle:
     """Delete the submodule at ``path`` with all its parameters and buffers."""
+    _path(path, "del_module")
     return commit(p, lambda q: (DelModule(path), {}), "del_module")
 
 
@@ -184,9 +197,14 @@ def configure(p: Particle, path: str = "", *, operational: bool | None = None,
     """
     for name, value in (("operational", operational), ("clone", clone)):
         if value is not None and not isinstance(value, bool):
-            raise SchemaError(f"configure: {name} must be True, False or None, got {value!r}")
+            raise SchemaError(f"configure {path!r}: {name} must be True, False or None, got "
+                              f"{value!r}")
     if not isinstance(path, str):
         raise SchemaError(f"configure: path must be a string ('' for all), got {path!r}")
+    try:
+        ParamConfig(**attrs)
+    except SchemaError as err:
+        raise SchemaError(f"configure {path!r}: {err}") from None
 
     def build(q: Particle) -> tuple[Event, dict]:
         s = q._schema
@@ -230,6 +248,7 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
     >>> p.schema.spec("running_var").reset
     tensor([1., 1.])
     """
+    _path(path, "configure_buffer")
     if value is not None and policy != "reset":
         raise SchemaError(f"configure_buffer: a value is only used with policy='reset', got "
                           f"policy={policy!r}")

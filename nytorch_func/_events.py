@@ -52,8 +52,16 @@ def _next_schema(schema: Schema, *, skeleton: nn.Module | None = None,
                   schema.next_pid if next_pid is None else next_pid)
 
 
-def _check_free(schema: Schema, path: str, what: str) -> tuple[str, str, nn.Module]:
-    """The parent path, name and skeleton parent for a new member at ``path``."""
+_SLOTS = {"param": "_parameters", "buffer": "_buffers", "module": "_modules"}
+
+
+def _check_free(schema: Schema, path: str, what: str,
+                kind: str = "param") -> tuple[str, str, nn.Module]:
+    """The parent path, name and skeleton parent for a new member at ``path``.
+
+    A ``None`` entry of the same kind (left by :class:`SetNone`, like ``module.bias = None``)
+    is free: the new member fills it, as assigning to ``module.bias`` does in torch.
+    """
     if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
         raise SchemaError(f"{what}: path must be a non-empty dotted name like 'encoder.weight', "
                           f"got {path!r}")
@@ -62,9 +70,9 @@ def _check_free(schema: Schema, path: str, what: str) -> tuple[str, str, nn.Modu
     if parent is None:
         raise SchemaError(f"{what}: no module {parent_path!r} to hold {name!r} in version "
                           f"{schema.version}; add the module first (nf.add_module)")
-    slot = {**parent._parameters, **parent._modules}
+    slot = getattr(parent, _SLOTS[kind])
     if name in slot and slot[name] is None:
-        return parent_path, name, parent  # an empty slot (set to None): filling it is adding
+        return parent_path, name, parent
     if name in parent._parameters or name in parent._buffers or name in parent._modules:
         raise SchemaError(f"{what}: {path!r} already exists in version {schema.version}; delete it "
                           "first or choose another name")
@@ -168,7 +176,7 @@ class AddBuffer(Event):
     kind: ClassVar[str] = "add_buffer"
 
     def apply(self, schema: Schema) -> Schema:
-        parent_path, name, _ = _check_free(schema, self.path, "add_buffer")
+        parent_path, name, _ = _check_free(schema, self.path, "add_buffer", "buffer")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         parent.register_buffer(name, to_meta(self.tensor), persistent=self.persistent)
         spec = TensorSpec.of(self.path, "buffer", self.tensor, state=self.state,
@@ -311,7 +319,7 @@ class AddModule(Event):
     kind: ClassVar[str] = "add_module"
 
     def apply(self, schema: Schema) -> Schema:
-        parent_path, name, _ = _check_free(schema, self.path, "add_module")
+        parent_path, name, _ = _check_free(schema, self.path, "add_module", "module")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         parent.add_module(name, self.skeleton)
         new_specs, shared = [], dict(schema.shared)
@@ -372,9 +380,14 @@ class Configure(Event):
         return out
 
     def bind(self, schema: Schema) -> "Configure":
-        """Record which shared parameters become per-particle (their value to clone)."""
+        """Record which shared parameters become per-particle, with a snapshot of their value.
+
+        A snapshot, not the shared tensor itself: that tensor may still change in place after
+        the event (it is the old versions' shared value), and touch must not depend on when it
+        runs.
+        """
         new = dict(self.configs)
-        to_leaf = tuple((s.key, schema.shared[s.key]) for s in schema.specs
+        to_leaf = tuple((s.key, _snapshot(schema.shared[s.key])) for s in schema.specs
                         if s.key in new and not s.leaf and not new[s.key].shared)
         object.__setattr__(self, "_to_leaf", to_leaf)
         return self
@@ -409,8 +422,8 @@ class ConfigureBuffer(Event):
     def apply(self, schema: Schema) -> Schema:
         spec = schema.spec(self.path, kind="buffer", what="configure_buffer")
         if self.policy not in BUFFER_POLICIES:
-            raise SchemaError(f"configure_buffer: policy must be one of {BUFFER_POLICIES}, got "
-                              f"{self.policy!r}")
+            raise SchemaError(f"configure_buffer: policy for {self.path!r} must be one of "
+                              f"{BUFFER_POLICIES}, got {self.policy!r}")
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TensorSpec)}
         fields["policy"] = self.policy
         if self.policy == "reset":
@@ -431,6 +444,11 @@ class ConfigureBuffer(Event):
 
     def describe(self) -> str:
         return f"configure_buffer {self.path} policy={self.policy}"
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` that keeps its requires_grad flag (fresh_copy reads it)."""
+    return t.detach().clone().requires_grad_(t.requires_grad)
 
 
 def _shape(t: torch.Tensor) -> str:

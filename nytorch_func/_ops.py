@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._errors import NytorchFuncError, SpeciesMismatchError
+from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
 
 if TYPE_CHECKING:
     from ._config import ParamConfig
@@ -81,6 +81,16 @@ def _scalar_kind(x: Any) -> str | None:
     return None
 
 
+def _check_members(p: "Particle", coeff: torch.Tensor, name: str) -> None:
+    """A tensor operand with dims must hold one coefficient per member (a batch_shape prefix)."""
+    shape = tuple(p.batch_shape)
+    if tuple(coeff.shape) != shape[: coeff.dim()] or coeff.dim() > len(shape):
+        raise SchemaError(
+            f"p {name} tensor: a tensor operand must be 0-dim (one number for every parameter) "
+            f"or hold one coefficient per population member, shape {shape} or a prefix of it; "
+            f"got shape {tuple(coeff.shape)}. Use map_params for per-parameter tensors")
+
+
 def _per_member(coeff: torch.Tensor, leaves: list) -> list:
     """Coefficients of shape ``batch_shape`` viewed to broadcast against each leaf."""
     return [coeff.reshape(coeff.shape + (1,) * (t.dim() - coeff.dim())) for t in leaves]
@@ -97,6 +107,7 @@ def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: C
         if kind is None:
             return NotImplemented
         if kind == "batch":
+            _check_members(self, other, name)
             return _lift1(self, lambda xs: list_op(xs, _per_member(other, xs)))
         return _lift1(self, lambda xs: scalar_op(xs, other))
 
@@ -105,6 +116,7 @@ def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: C
         if kind is None or reverse_scalar is None:
             return NotImplemented
         if kind == "batch":
+            _check_members(self, other, f"r{name}")
             return _lift1(self, lambda xs: list_op(_per_member(other, xs), xs))
         return _lift1(self, lambda xs: reverse_scalar(other, xs))
 
