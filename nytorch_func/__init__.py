@@ -24,6 +24,7 @@ from ._population import from_modules, population, stack, unstack
 from ._schema import Schema, TensorSpec
 from ._species import Species
 from ._touch import touch
+from ._facade import NytoModule
 from ._particle import param_ids
 
 __version__ = "0.1.0"
@@ -35,5 +36,5 @@ __all__ = [
     "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
     "del_module", "set_none", "touch", "history", "diff", "param_ids",
-    "stack", "unstack", "population", "from_modules",
+    "stack", "unstack", "population", "from_modules", "NytoModule",
 ]
