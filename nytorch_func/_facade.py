@@ -246,7 +246,7 @@ def _objects(q: Particle, *, fresh_from: dict[int, torch.Tensor] | None = None) 
     for spec, t in zip(s.leaf_specs, q._leaves):
         if fresh_from is not None and id(t) in fresh_from:
             t = t.detach().clone()
-        if spec.kind == "param" and not isinstance(t, nn.Parameter):
+        if spec.kind == "param" and type(t) is not nn.Parameter and not isinstance(t, nn.Parameter):
             t = nn.Parameter(t, requires_grad=spec.requires_grad)
         for path in spec.paths:
             objs[path] = t
@@ -257,7 +257,7 @@ def _objects(q: Particle, *, fresh_from: dict[int, torch.Tensor] | None = None) 
 
 
 def _refresh_flat(m: nn.Module) -> None:
-    if hasattr(m, "_flat_weights_names") and hasattr(m, "_init_flat_weights"):
+    if "_flat_weights_names" in m.__dict__:  # RNNs keep a list of their weights: refresh it
         m._init_flat_weights()
 
 
@@ -374,14 +374,16 @@ def _current(module: nn.Module, *, touch: bool = True) -> tuple[nn.Module, Parti
 
 
 def _shallow(m: nn.Module) -> nn.Module:
-    new = m.__class__.__new__(m.__class__)
+    """A copy of ``m`` owning its parameter/buffer/child dicts (attributes shared, as nytorch)."""
+    src = m.__dict__
+    new = object.__new__(m.__class__)
     d = new.__dict__
-    d.update(m.__dict__)
-    d["_parameters"] = dict(m._parameters)
-    d["_buffers"] = dict(m._buffers)
-    d["_modules"] = dict(m._modules)
-    d["_non_persistent_buffers_set"] = set(m._non_persistent_buffers_set)
-    if isinstance(d.get("_flat_weights"), list):
+    d.update(src)
+    d["_parameters"] = dict(src["_parameters"])
+    d["_buffers"] = dict(src["_buffers"])
+    d["_modules"] = dict(src["_modules"])
+    d["_non_persistent_buffers_set"] = set(src["_non_persistent_buffers_set"])
+    if "_flat_weights" in d:
         d["_flat_weights"] = list(d["_flat_weights"])
     return new
 
