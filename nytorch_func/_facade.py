@@ -43,6 +43,10 @@ _MISSING = object()
 # module; the handle holds its root only weakly, so no entry keeps a tree alive.
 _TAGS: "weakref.WeakKeyDictionary[nn.Module, tuple[ParticleHandle, str]]" = weakref.WeakKeyDictionary()
 
+# child -> weakref(parent) for modules put into an unbound NytoModule, so that using a child
+# first makes the species from its outermost NytoModule ancestor (weak both ways: no cycles).
+_PARENTS: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
 _ORPHAN = ("this NytoModule's root module was freed (it came from a particle operation on a "
            "submodule, or its root was garbage collected); keep the root module alive and use "
            "root.<path>, or run particle operations on the root")
@@ -145,7 +149,16 @@ def _handle_of(module: nn.Module, *, bind: bool = True) -> tuple[ParticleHandle,
     if tag is None:
         if not bind:
             raise VersionError("this module is not part of any particle yet")
-        return _new_species(module), ""
+        top = module
+        while True:
+            ref = _PARENTS.get(top)
+            parent = None if ref is None else ref()
+            if (parent is None or _TAGS.get(parent) is not None
+                    or not any(c is top for c in parent._modules.values())):
+                break
+            top = parent
+        _new_species(top)
+        return _TAGS[module]
     return tag
 
 
@@ -641,12 +654,12 @@ def _kind_at(m: nn.Module, name: str) -> str | None:
     return None
 
 
-def _dry_run(p: Particle, path: str, removal: Event, addition: Event) -> None:
-    """Check that ``removal`` then ``addition`` apply to the head, without linking anything."""
+def _dry_run(p: Particle, path: str, removal: Event, addition: Callable[[], Event]) -> None:
+    """Check that ``removal`` then ``addition()`` apply to the head, without linking anything."""
     head = p._schema
     try:
         after = removal.bind(head).apply(head)
-        addition.bind(after).apply(after)
+        addition().bind(after).apply(after)
     except NytorchFuncError:
         raise
     except Exception as err:  # noqa: BLE001
@@ -975,7 +988,7 @@ class NytoModule(nn.Module):
                 return
         elif existing in ("param", "buffer", "module"):
             removal = _REMOVAL[existing](full)
-            _dry_run(p, full, removal, _addition_event(full, value, kind, persistent))
+            _dry_run(p, full, removal, lambda: _addition_event(full, value, kind, persistent))
             q = _edit.commit(p, lambda _: (removal, {}), f"replace {full}")
             q = self._add(q, full, value, kind, persistent)
         elif existing is not None:  # a None entry: the core has no event to fill it again
@@ -997,6 +1010,8 @@ class NytoModule(nn.Module):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("__") or not self._bound():
+            if isinstance(value, nn.Module):
+                _PARENTS[value] = weakref.ref(self)
             return super().__setattr__(name, value)
         existing = _kind_at(self, name)
         if isinstance(value, nn.Parameter):
@@ -1008,6 +1023,9 @@ class NytoModule(nn.Module):
         if existing == "buffer" and isinstance(value, torch.Tensor):
             persistent = name not in self._non_persistent_buffers_set
             return self._event(name, value, "buffer", persistent)
+        if existing == "buffer" and value is not None:
+            raise SchemaError(f"cannot assign {type(value).__name__} as buffer {name!r} "
+                              "(torch.Tensor or None expected)")
         if existing == "param" and value is not None:
             raise SchemaError(f"cannot assign {type(value).__name__} as parameter {name!r} "
                               "(torch.nn.Parameter or None expected)")
@@ -1039,6 +1057,8 @@ class NytoModule(nn.Module):
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
         if not self._bound():
+            if isinstance(module, nn.Module):
+                _PARENTS[module] = weakref.ref(self)
             return super().add_module(name, module)
         if module is not None and not isinstance(module, nn.Module):
             raise SchemaError(f"add_module: {name!r} must be an nn.Module or None, got "
