@@ -16,8 +16,8 @@ def make(base):
     class MLP(base):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
-                                     nn.Linear(32, 4))
+            self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 40), nn.ReLU(),
+                                     nn.Linear(40, 4))
 
         def forward(self, x):
             return self.net(x)
@@ -25,36 +25,39 @@ def make(base):
     return MLP()
 
 
-def timeit(fn, n=2000, repeat=5):
-    for _ in range(100):
+def _once(fn, n):
+    t = time.perf_counter()
+    for _ in range(n):
         fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t) / n)
-    return best
+    return (time.perf_counter() - t) / n
 
 
-def main():
+def main(repeat=7, n=500):
     import nytorch
     import nytorch_func as nf
 
-    results = {}
+    ops = {"a + b": lambda a, b: a + b, "0.5*a + 0.5*b": lambda a, b: 0.5 * a + 0.5 * b}
+    pairs = {}
     for label, base in (("nytorch 1.1.0", nytorch.NytoModule), ("nytorch_func", nf.NytoModule)):
         a = make(base)
-        b = a.randn()
-        n_params = sum(p.numel() for p in a.parameters())
-        results[label] = {
-            "a + b": timeit(lambda: a + b),
-            "0.5*a + 0.5*b": timeit(lambda: 0.5 * a + 0.5 * b, n=1000),
-        }
-    print(f"MLP with {n_params} parameters, 1 thread, best of 5 (microseconds per op)")
-    for op in results["nytorch_func"]:
-        old, new = results["nytorch 1.1.0"][op], results["nytorch_func"][op]
-        print(f"{op:>16}: nytorch {old * 1e6:8.1f}  nytorch_func {new * 1e6:8.1f}  "
-              f"speed-up {old / new:5.1f}x")
+        pairs[label] = (a, a.randn())
+    n_params = sum(p.numel() for p in pairs["nytorch_func"][0].parameters())
+    runs = {label: {op: [] for op in ops} for label in pairs}
+    # interleave the two libraries so that load on a shared machine hits both alike; each run
+    # includes the garbage collections its operations cause (nytorch's reference cycles)
+    for _ in range(repeat):
+        for op, fn in ops.items():
+            for label, (a, b) in pairs.items():
+                _once(lambda: fn(a, b), 20)
+                runs[label][op].append(_once(lambda: fn(a, b), n))
+    print(f"MLP with {n_params} parameters, 1 thread, {repeat} interleaved runs of {n} "
+          "(microseconds per expression: median / best)")
+    for op in ops:
+        old, new = sorted(runs["nytorch 1.1.0"][op]), sorted(runs["nytorch_func"][op])
+        mo, mn = old[len(old) // 2], new[len(new) // 2]
+        print(f"{op:>16}: nytorch {mo * 1e6:7.1f} / {old[0] * 1e6:7.1f}   nytorch_func "
+              f"{mn * 1e6:7.1f} / {new[0] * 1e6:7.1f}   speed-up {mo / mn:4.1f}x median, "
+              f"{old[0] / new[0]:4.1f}x best")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,13 @@ class ParticleHandle:
     particle has its own. It holds the root only by weak reference (no reference cycles).
     """
 
-    __slots__ = ("schema", "_root", "locked", "__weakref__")
+    __slots__ = ("schema", "_root", "locked", "plan", "__weakref__")
 
     def __init__(self, schema: Schema, root: nn.Module) -> None:
         self.schema = schema
         self._root = weakref.ref(root)
         self.locked = False
+        self.plan = None
 
     @property
     def version(self) -> Schema:
@@ -260,13 +261,20 @@ def _objects(q: Particle, *, fresh_from: dict[int, torch.Tensor] | None = None) 
         if fresh_from is not None and id(t) in fresh_from:
             t = t.detach().clone()
         if spec.kind == "param" and type(t) is not nn.Parameter and not isinstance(t, nn.Parameter):
-            t = nn.Parameter(t, requires_grad=spec.requires_grad)
+            t = _as_param(t, spec.requires_grad)
         for path in spec.paths:
             objs[path] = t
     for key, t in s.shared.items():
         for path in s.by_key[key].paths:
             objs[path] = t
     return objs
+
+
+def _as_param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
+    """``nn.Parameter(t, requires_grad)`` for a plain tensor, sharing its storage."""
+    if type(t) is torch.Tensor:
+        return torch.Tensor._make_subclass(nn.Parameter, t.detach(), requires_grad)
+    return nn.Parameter(t, requires_grad=requires_grad)
 
 
 def _refresh_flat(m: nn.Module) -> None:
@@ -377,12 +385,128 @@ def _touch_tree(root: nn.Module, h: ParticleHandle, p: Particle) -> Particle:
     return q
 
 
+class _Plan:
+    """How one tree lays out one schema: a cache that makes unchanged trees cheap to read/copy.
+
+    Holds the tree's modules only by weak reference (a strong one would keep the tree alive
+    through the weak-keyed tag table). ``check`` tells whether the tree still has exactly this
+    structure; ``leaves`` reads the particle's leaves; ``build`` makes a new tree of it.
+    """
+
+    __slots__ = ("schema", "mods", "paths", "sigs", "links", "leaf_slots", "puts")
+
+    def __init__(self, root: nn.Module, schema: Schema) -> None:
+        mods: list[nn.Module] = []
+        index: dict[int, int] = {}
+        paths: list[str] = []
+        links: list[tuple[int, str, int]] = []
+        slots: dict[str, tuple[int, bool, str]] = {}
+        puts: list[tuple[int, bool, str, str]] = []
+        # iterative depth-first walk (a recursive closure would be a reference cycle)
+        stack: list[tuple[nn.Module, str, int, str]] = [(root, "", -1, "")]
+        while stack:
+            m, prefix, parent, name = stack.pop()
+            if id(m) in index:
+                links.append((parent, name, index[id(m)]))
+                continue
+            idx = len(mods)
+            index[id(m)] = idx
+            mods.append(m)
+            paths.append(prefix[:-1])
+            if parent >= 0:
+                links.append((parent, name, idx))
+            for is_param, d in ((True, m._parameters), (False, m._buffers)):
+                for tname, t in d.items():
+                    if t is not None:
+                        slots.setdefault(prefix + tname, (idx, is_param, tname))
+                        puts.append((idx, is_param, tname, prefix + tname))
+            for cname, c in reversed(m._modules.items()):
+                if c is not None:
+                    stack.append((c, prefix + cname + ".", idx, cname))
+        self.schema = schema
+        self.mods = tuple(weakref.ref(m) for m in mods)
+        self.paths = tuple(paths)
+        self.sigs = tuple(self._sig(m) for m in mods)
+        self.links = tuple(links)
+        self.leaf_slots = tuple(slots[k] + (spec.shape, spec.dtype)
+                                for k, spec in zip(schema.leaf_keys, schema.leaf_specs))
+        key_of = {p: spec.key for spec in schema.specs for p in spec.paths}
+        self.puts = tuple((i, is_param, name, key_of[path]) for i, is_param, name, path in puts)
+
+    def derive(self, mods: list[nn.Module], schema: Schema) -> "_Plan":
+        """The same plan for a tree of the same shape (made by ``build``)."""
+        new = _Plan.__new__(_Plan)
+        new.schema, new.paths, new.links = schema, self.paths, self.links
+        new.leaf_slots, new.puts = self.leaf_slots, self.puts
+        new.mods = tuple(weakref.ref(m) for m in mods)
+        new.sigs = self.sigs  # names only: the same for every tree this plan builds
+        return new
+
+    @staticmethod
+    def _sig(m: nn.Module) -> tuple:
+        return (tuple(m._parameters), tuple(m._buffers), tuple(m._modules))
+
+    def live(self) -> list[nn.Module] | None:
+        """The tree's modules if its structure is unchanged, else None."""
+        out = []
+        for ref, sig in zip(self.mods, self.sigs):
+            m = ref()
+            if m is None or self._sig(m) != sig:
+                return None
+            out.append(m)
+        for p, name, c in self.links:  # every child is still the very module planned
+            if out[p]._modules[name] is not out[c]:
+                return None
+        return out
+
+    def leaves(self, mods: list[nn.Module]) -> tuple | None:
+        out = []
+        for i, is_param, name, shape, dtype in self.leaf_slots:
+            m = mods[i]
+            t = (m._parameters if is_param else m._buffers)[name]
+            if t is None or t.shape != shape or t.dtype != dtype:
+                return None
+            out.append(t)
+        return tuple(out)
+
+    def build(self, mods: list[nn.Module], q: Particle, fresh_from: set[int]) -> nn.Module:
+        s = q._schema
+        values: dict[str, torch.Tensor] = dict(s.shared)
+        for spec, t in zip(s.leaf_specs, q._leaves):
+            if id(t) in fresh_from:
+                t = t.detach().clone()
+            if spec.kind == "param" and type(t) is not nn.Parameter and (
+                    type(t) is torch.Tensor or not isinstance(t, nn.Parameter)):
+                t = _as_param(t, spec.requires_grad)
+            values[spec.key] = t
+        new = [_shallow(m) for m in mods]
+        for p, name, c in self.links:
+            new[p]._modules[name] = new[c]
+        for i, is_param, name, key in self.puts:
+            (new[i]._parameters if is_param else new[i]._buffers)[name] = values[key]
+        h = ParticleHandle.__new__(ParticleHandle)
+        h.schema, h.locked, h._root = s, False, weakref.ref(new[0])
+        for m, path in zip(new, self.paths):
+            _TAGS[m] = (h, path)
+            if "_flat_weights_names" in m.__dict__:
+                m._init_flat_weights()
+        h.plan = self.derive(new, s)
+        return new[0]
+
+
 def _current(module: nn.Module, *, touch: bool = True) -> tuple[nn.Module, ParticleHandle, str, Particle]:
     """Root, handle, path and the particle its tree holds, synced (and touched to the head)."""
     root, h, path = _root_of(module)
+    plan = h.plan
+    if plan is not None and plan.schema is h.schema and (touch is False or h.schema.is_newest):
+        mods = plan.live()
+        leaves = None if mods is None else plan.leaves(mods)
+        if leaves is not None:
+            return root, h, path, Particle._make(h.schema, leaves, root.training)
     p = _sync(root, h)
     if touch:
         p = _touch_tree(root, h, p)
+    h.plan = _Plan(root, h.schema)
     return root, h, path, p
 
 
@@ -425,9 +549,15 @@ def _rebuild(m: nn.Module, prefix: str, objs: dict[str, torch.Tensor], h: Partic
 
 def _new_tree(root: nn.Module, q: Particle, source: Particle) -> nn.Module:
     """A new module tree shaped like ``root`` (at ``q``'s version) holding ``q``'s tensors."""
+    h0 = _TAGS.get(root)
+    plan = None if h0 is None else h0[0].plan
+    if plan is not None and plan.schema is q._schema:
+        mods = plan.live()
+        if mods is not None:
+            return plan.build(mods, q, {id(t) for t in source._leaves})
     objs = _objects(q, fresh_from={id(t): t for t in source._leaves})
     h = ParticleHandle.__new__(ParticleHandle)
-    h.schema, h.locked = q._schema, False
+    h.schema, h.locked, h.plan = q._schema, False, None
     new_root = _rebuild(root, "", objs, h, {})
     h._root = weakref.ref(new_root)
     return new_root
@@ -848,6 +978,7 @@ class NytoModule(nn.Module):
         """A module with this particle's very tensors, as the root of a *new* species."""
         root, h, path, p = _current(self)
         h2 = ParticleHandle.__new__(ParticleHandle)
+        h2.plan = None
         new_root = _rebuild(root, "", _objects(p), h2, {})
         for m in new_root.modules():
             _TAGS.pop(m, None)
