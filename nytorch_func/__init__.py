@@ -28,6 +28,7 @@ from ._reduce import mean, take, topk, where
 from ._schema import Schema, TensorSpec
 from ._species import Species
 from ._touch import touch, touch_tree
+from ._facade import NytoModule
 from ._particle import param_ids
 
 __version__ = "0.1.0"
@@ -43,4 +44,5 @@ __all__ = [
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
     "mean", "take", "topk", "where",
     "save", "load", "CheckpointError",
+    "NytoModule",
 ]
