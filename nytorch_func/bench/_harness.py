@@ -116,6 +116,13 @@ def measure(case: Case, *, repeats: int, min_time: float) -> dict[str, Any]:
     per-pair ratios ours/base), ``ratio_q25``/``ratio_q75`` and ``ratio_iqr``, ``target`` and
     ``met`` (None without a target or baseline).
     """
+    # Samples of both sides should last about as long: on a shared machine a long sample absorbs
+    # more preemptions than a short one. A non-repeatable side's sample is one call, so the
+    # repeatable side is calibrated to that duration instead of ``min_time`` when it is shorter.
+    for one, other in ((case.ours, case.base), (case.base, case.ours)):
+        if one is not None and other is not None and not one.repeatable and other.repeatable:
+            single = min(_sample(one.setup(), 1) for _ in range(2))
+            min_time = min(min_time, max(single, 1e-5))
     ours_fn, ours_n = _calibrate(case.ours, min_time)
     base_fn, base_n = (_calibrate(case.base, min_time) if case.base is not None else (None, 0))
     ours_t, base_t, ratios = [], [], []
