@@ -314,7 +314,7 @@ EVENTS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], None] | None]] = {
     "configure": (lambda p: nf.configure(p, "l2", operational=False), None),
 }
 
-NYTO_TOUCHES = 32  # nytorch particles prepared per sample (its touch works in place, once)
+NYTO_TOUCHES = 128  # nytorch particles prepared per sample (its touch works in place, once)
 
 
 def touch_rows() -> Built:

@@ -73,8 +73,12 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def _sample(fn: Callable[[], Any], number: int) -> float:
+def _sample(fn: Callable[[], Any], number: int, *, warm: bool = True) -> float:
+    """Seconds for ``number`` calls of ``fn``, the collector off; one untimed call first when
+    ``warm`` (``gc.collect`` walks every object and leaves the caches cold)."""
     gc.collect()
+    if warm:
+        fn()
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -105,7 +109,7 @@ def _time_once(side: Side, fn: Callable[[], Any] | None, number: int) -> float:
     """Seconds per operation for one sample."""
     if fn is None:
         call = side.setup()
-        return _sample(call, 1) / side.per_call
+        return _sample(call, 1, warm=False) / side.per_call
     return _sample(fn, number) / (number * side.per_call)
 
 
@@ -121,8 +125,8 @@ def measure(case: Case, *, repeats: int, min_time: float) -> dict[str, Any]:
     # repeatable side is calibrated to that duration instead of ``min_time`` when it is shorter.
     for one, other in ((case.ours, case.base), (case.base, case.ours)):
         if one is not None and other is not None and not one.repeatable and other.repeatable:
-            single = min(_sample(one.setup(), 1) for _ in range(2))
-            min_time = min(min_time, max(single, 1e-5))
+            single = min(_sample(one.setup(), 1, warm=False) for _ in range(2))
+            min_time = min(min_time, max(single, 1e-3))
     ours_fn, ours_n = _calibrate(case.ours, min_time)
     base_fn, base_n = (_calibrate(case.base, min_time) if case.base is not None else (None, 0))
     ours_t, base_t, ratios = [], [], []
