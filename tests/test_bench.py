@@ -39,16 +39,22 @@ def test_targets_judge_both_directions():
 
 
 def test_non_repeatable_side_gets_a_fresh_setup_every_sample():
-    setups = []
+    calls = []
 
     def setup():
-        setups.append(1)
-        return lambda: None
+        calls.append(0)
+        index = len(calls) - 1
+
+        def call():
+            calls[index] += 1
+
+        return call
 
     case = Case("T", "T", "fresh", Side("ours", lambda: lambda: None),
                 Side("stateful", setup, per_call=4, repeatable=False))
     row = measure(case, repeats=3, min_time=1e-4)
-    assert len(setups) == 3 and row["base_number"] == 1
+    assert len(calls) >= 3 and set(calls) == {1}, calls  # each prepared state used exactly once
+    assert row["base_number"] == 1 and row["ratio"] is not None
 
 
 def test_a_row_without_baseline_has_no_ratio():
