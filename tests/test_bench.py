@@ -76,6 +76,8 @@ def test_run_p1_report_structure():
     table = bench.format_table(report)
     assert table.splitlines()[0].split()[:3] == ["id", "case", "ours"]
     assert "P1" in table and "<= 1.5x" in table
+    md = bench.format_markdown(report).splitlines()
+    assert md[0].startswith("| id |") and md[2].startswith("| P1 |") and len(md) == 2 + len(ids)
 
 
 def test_unknown_group_is_refused():

@@ -26,7 +26,7 @@ import torch
 from ._harness import Case, Side, Target, measure
 from ._cases import BUILDERS, GROUPS, nytorch_available, p6_row
 
-__all__ = ["run", "format_table", "GROUPS", "Case", "Side", "Target", "measure"]
+__all__ = ["run", "format_table", "format_markdown", "GROUPS", "Case", "Side", "Target", "measure"]
 
 QUICK = {"repeats": 7, "min_time": 0.01}
 FULL = {"repeats": 21, "min_time": 0.05}
@@ -143,3 +143,23 @@ def format_table(report: dict[str, Any]) -> str:
     for key, reason in report["skipped"].items():
         out.append(f"skipped {key}: {reason}")
     return "\n".join(out)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table (what ``docs/performance.md`` shows)."""
+    lines = ["| id | case | ours | baseline | ours/base, median [IQR] | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        if "ours_count" in row:
+            ours = f"{row['ours_count']} objects"
+            base = "-" if row["base_count"] is None else f"{row['base_count']} objects"
+            ratio = "-"
+        else:
+            ours, base = _fmt_time(row["ours_s"]), _fmt_time(row["base_s"])
+            ratio = "-" if row["ratio"] is None else (
+                f"{row['ratio']:.3g}x [{row['ratio_q25']:.3g}-{row['ratio_q75']:.3g}]"
+                + (f" ({row['speedup']:.3g}x faster)" if row["ratio"] < 1 else ""))
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        lines.append(f"| {row['id']} | {row['name']} | {ours} ({row['ours']}) | {base} "
+                     f"({row['baseline'] or '-'}) | {ratio} | {row['target'] or '-'} | {met} |")
+    return "\n".join(lines)

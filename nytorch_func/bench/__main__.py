@@ -20,11 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="IDS", default=None,
                         help="comma-separated groups: P1,P2,P3,P4,P5,P6,P7,touch,event,io")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved pairs per row")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from . import format_table, run
+    from . import format_markdown, format_table, run
 
     only = None if args.only is None else [s for s in args.only.split(",") if s.strip()]
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     print(format_table(report))
+    if args.markdown:
+        print("\n" + format_markdown(report))
     if args.json != "-":
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
