@@ -140,3 +140,15 @@ def test_api_page_lists_every_public_name():
 def test_api_page_is_generated_from_the_code():
     assert DEFAULT_PATH.read_text(encoding="utf-8") == render(), (
         "docs/api.md is stale: run python -m nytorch_func.bench._apidoc")
+
+
+def test_every_code_block_in_docs_is_a_doctest():
+    import re
+
+    docs = DEFAULT_PATH.parent
+    bad = []
+    for page in sorted(docs.glob("*.md")):
+        for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            if ">>>" not in block:
+                bad.append(f"{page.name}: {block.strip().splitlines()[0] if block.strip() else '(empty)'}")
+    assert not bad, f"code blocks that pytest cannot run as doctests: {bad}"

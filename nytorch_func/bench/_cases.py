@@ -472,7 +472,9 @@ def p7() -> Built:
         return [], {"P7": "nytorch_func.evolution has no bench_cases()"}
     found = {str(k).lower(): v for k, v in dict(cases_fn()).items()}
     step = next((v for k, v in found.items() if "snes" in k), None)
-    if step is None:
+    if isinstance(step, (tuple, list)):  # (ours, raw) pairs: time ours against our raw SNES
+        step = step[0]
+    if not callable(step):
         return [], {"P7": "nytorch_func.evolution.bench_cases() has no SNES entry"}
     return [Case("P7", "P7", "one SNES generation, 64-stack MLP 64-32-10",
                  Side("nytorch_func.evolution SNES", lambda: step),
