@@ -8,10 +8,12 @@ for it; the library itself never imports it.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import gc
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -384,16 +386,27 @@ def io_rows() -> Built:
     from safetensors.torch import load_file, save_file
 
     folder = tempfile.mkdtemp(prefix="nf-bench-")
+    atexit.register(shutil.rmtree, folder, True)
     pop = nf.from_modules([mlp(POP_SIZES) for _ in range(64)]).detach()
 
     def ours() -> Callable[[], Any]:
         path = os.path.join(folder, "ours.safetensors")
-        return lambda: nf.load(path) if nf.save(path, pop) is None else None
+
+        def run() -> Any:
+            nf.save(path, pop)
+            return nf.load(path)
+
+        return run
 
     def raw() -> Callable[[], Any]:
         path = os.path.join(folder, "raw.safetensors")
         tensors = {k: t.contiguous() for k, t in zip(pop.schema.leaf_keys, pop.leaves)}
-        return lambda: load_file(path) if save_file(tensors, path) is None else None
+
+        def run() -> Any:
+            save_file(tensors, path)
+            return load_file(path)
+
+        return run
 
     return [Case("io", "io", "save + load a 64-stack (MLP 64-32-10)",
                  Side("nf.save + nf.load", ours), Side("raw safetensors", raw))], {}
