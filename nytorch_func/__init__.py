@@ -12,6 +12,7 @@ derived from one model form a *species*; metadata *events* make new schema versi
 torch.Size([3, 2])
 """
 
+from ._blend import lerp
 from ._bridge import apply, apply_with_state, from_module, to_module
 from ._config import ParamConfig
 from ._edit import (add_buffer, add_module, add_param, configure, configure_buffer, del_buffer,
@@ -37,7 +38,7 @@ __all__ = [
     "Particle", "Schema", "Species", "ParamConfig", "TensorSpec",
     "NytorchFuncError", "SpeciesMismatchError", "VersionError", "SchemaError",
     "from_module", "to_module", "apply", "apply_with_state",
-    "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
+    "lerp", "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
     "del_module", "set_none", "touch", "touch_tree", "history", "diff", "param_ids",
     "grad", "value_and_grad",
