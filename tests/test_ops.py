@@ -158,7 +158,7 @@ def test_custom_attrs_follow_the_schema():
     assert r.config("2.weight").mutation_scale == 0.1 and r.config("2.weight").tag == "head"
     assert r.config("0.weight") == nf.ParamConfig()
     seen = {}
-    nf.map_params(lambda t, cfg: seen.setdefault(cfg.get("tag"), t), r)
+    nf.map_params(lambda t, cfg: seen.setdefault(cfg.get("tag"), t) is None or t, r)
     assert set(seen) == {None, "head"}
 
 
