@@ -409,3 +409,16 @@ def test_failed_forward_restores_skeleton_modes():
     assert [m.training for m in p.schema.skeleton.modules()] == modes
     assert torch.allclose(nf.apply(p, example_input("bn_net")),
                           _eager(nf.to_module(p), example_input("bn_net")), atol=1e-6)
+
+
+def test_apply_compiles_without_graph_breaks():
+    """The species' call lock is skipped while torch.compile traces, so nf.apply stays one
+    graph (a lock would break it)."""
+    p = nf.from_module(bn_net()).eval()
+    x = example_input("bn_net")
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def forward(q, inp):
+        return nf.apply(q, inp)
+
+    assert torch.allclose(forward(p, x), nf.apply(p, x), atol=1e-6)
