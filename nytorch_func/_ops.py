@@ -168,14 +168,25 @@ def _on_device(p: "Particle", coeff: torch.Tensor, name: str) -> torch.Tensor:
 
 def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: Callable | None):
     def forward(self: "Particle", other: Any) -> "Particle":
-        if type(other) is _Particle:
+        t = type(other)
+        if t is float or t is int:  # the hot path: a Python number
+            s = self._schema
+            if s.all_operational:
+                return _Particle(s, tuple(scalar_op(list(self._leaves), other)), self._training)
+            return _lift1(self, lambda xs: scalar_op(xs, other))
+        if t is _Particle:
             a, b = self, other
             if a._schema is not b._schema:
                 a, b = align(a, b, f"p {name} q")
-            la = a._leaves
-            if (la[0].shape != b._leaves[0].shape) if la else (a._batch != b._batch):
+            la, lb = a._leaves, b._leaves
+            if la and la[0].shape == lb[0].shape:  # the hot path: one schema, one batch shape
+                s = a._schema
+                if s.all_operational:
+                    return _Particle(s, tuple(list_op(list(la), list(lb))), a._training)
+                return _lift2(a, b, list_op)
+            if la or a._batch != b._batch:
                 return _lift2_mixed(a, b, list_op, f"p {name} q")
-            return _lift2(a, b, list_op)
+            return _make(a._schema, (), a._training, a._batch)  # no tensors: nothing to compute
         kind = _scalar_kind(other)
         if kind is None:
             return NotImplemented
@@ -187,6 +198,13 @@ def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: C
         return _lift1(self, lambda xs: scalar_op(xs, other))
 
     def reverse(self: "Particle", other: Any) -> "Particle":
+        t = type(other)
+        if (t is float or t is int) and reverse_scalar is not None:  # the hot path
+            s = self._schema
+            if s.all_operational:
+                return _Particle(s, tuple(reverse_scalar(other, list(self._leaves))),
+                                 self._training)
+            return _lift1(self, lambda xs: reverse_scalar(other, xs))
         kind = _scalar_kind(other)
         if kind is None or reverse_scalar is None:
             return NotImplemented
