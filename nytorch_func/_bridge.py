@@ -14,7 +14,7 @@ from torch.func import functional_call
 from ._config import ParamConfig
 from ._errors import NytorchFuncError, SchemaError
 from ._particle import Particle
-from ._schema import Schema, TensorSpec, make_skeleton
+from ._schema import Schema, TensorSpec, computable, make_skeleton
 from ._species import Species
 
 __all__ = ["from_module", "to_module", "apply", "apply_with_state", "collect"]
@@ -41,7 +41,7 @@ def collect(module: nn.Module) -> tuple[list[TensorSpec], list[torch.Tensor]]:
     for key in order:
         t, kind, ps = tensors[key], kinds[key], tuple(paths[key])
         if kind == "param":
-            spec = TensorSpec.of(ps[0], "param", t, paths=ps, pid=pid, config=ParamConfig())
+            spec = TensorSpec.of(ps[0], "param", t, paths=ps, pid=pid, config=default_config(t))
             pid += 1
         else:
             parent_path, _, name = ps[0].rpartition(".")
@@ -53,13 +53,28 @@ def collect(module: nn.Module) -> tuple[list[TensorSpec], list[torch.Tensor]]:
     return specs, values
 
 
+def default_config(t: torch.Tensor) -> ParamConfig:
+    """The config a new parameter gets: ``ParamConfig()``, or non-operational for integers.
+
+    Particle arithmetic keeps every leaf's dtype, and ``p / 2`` or ``0.5 * p`` cannot keep an
+    integer one, so integer (and bool) parameters are never operational.
+    """
+    return _DEFAULT_CONFIG if computable(t.dtype) else _INTEGER_CONFIG
+
+
+_DEFAULT_CONFIG = ParamConfig()
+_INTEGER_CONFIG = ParamConfig(operational=False)
+
+
 def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
     """A new species from ``module``, and its first particle (version 0).
 
     Works for any ``nn.Module``. The particle *views* the module's tensors (no copy): its
     leaves are the module's own parameter and buffer objects, so a later in-place change of the
     module shows in the particle; call ``.clone()`` on the result to own a copy. Every parameter
-    starts with ``ParamConfig()`` (operational, clone) and every buffer as per-particle state.
+    starts with ``ParamConfig()`` (operational, clone), except integer parameters, which start
+    non-operational (arithmetic would change their dtype); every buffer starts as per-particle
+    state.
 
     >>> import torch, nytorch_func as nf
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
@@ -88,19 +103,29 @@ def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
     return Particle._make(schema, tuple(by_key[k] for k in schema.leaf_keys), None)
 
 
-def _tensors(p: Particle, *, clone_state: bool) -> dict[str, torch.Tensor]:
-    """``{path: tensor}`` for every path of every param and buffer (aliases included)."""
+def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
+    """``{path: tensor}`` for every path of every param and buffer (aliases included).
+
+    Buffers are copies, so a forward pass that updates them in place leaves ``p`` and its
+    species unchanged. Also returns ``(path, copy, copy._version)`` for each *shared* buffer,
+    so :func:`apply_with_state` can tell that the forward pass changed one.
+    """
     s = p._schema
     out: dict[str, torch.Tensor] = {}
     for spec, leaf in zip(s.leaf_specs, p._leaves):
-        if clone_state and spec.kind == "buffer":
+        if spec.kind == "buffer":
             leaf = leaf.clone()
         for path in spec.paths:
             out[path] = leaf
+    shared_buffers = []
     for key, tensor in s.shared.items():
-        for path in s.by_key[key].paths:
+        spec = s.by_key[key]
+        if spec.kind == "buffer":
+            tensor = tensor.clone()
+            shared_buffers.append((spec.paths[0], tensor, tensor._version))
+        for path in spec.paths:
             out[path] = tensor
-    return out
+    return out, shared_buffers
 
 
 @contextlib.contextmanager
@@ -117,12 +142,33 @@ def _mode(skeleton: nn.Module, training: bool | None) -> Iterator[None]:
             m.training = mode
 
 
+def _call(p: Particle, tensors: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> Any:
+    """The forward pass of ``p``'s skeleton with ``tensors`` swapped in.
+
+    ``functional_call`` puts the tensors into the species' skeleton (whose modules the versions
+    of the species share) for the duration of the call, and the mode flip changes its
+    ``training`` flags, so both run under the species' re-entrant call lock: threads running
+    ``nf.apply`` on particles of one species at once take turns instead of reading each other's
+    weights. Under ``torch.compile`` the lock is skipped, so compiled code has no graph break.
+    """
+    s = p._schema
+    if torch.compiler.is_compiling():
+        with _mode(s.skeleton, p._training):
+            return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False,
+                                   strict=False)
+    with s.species._call_lock, _mode(s.skeleton, p._training):
+        return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
+
+
 def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     """Run ``p``'s forward pass on ``args``; never changes ``p`` or its species.
 
     Uses ``torch.func.functional_call`` on the species' skeleton, so it composes with ``vmap``,
     ``grad`` and ``torch.compile``. Buffers the forward updates in place (BatchNorm running
     stats in training mode) are updated on copies; use :func:`apply_with_state` to keep them.
+    That holds for shared buffers (``nf.add_buffer(..., state=False)``) too: they are one
+    tensor of the whole species, and the forward pass of one particle does not change them.
+    Threads may run ``apply`` on particles of one species at the same time.
 
     >>> import torch, nytorch_func as nf
     >>> lin = torch.nn.Linear(3, 2)
@@ -131,10 +177,7 @@ def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     True
     """
     _check(p, "apply")
-    s = p._schema
-    with _mode(s.skeleton, p._training):
-        return functional_call(s.skeleton, _tensors(p, clone_state=True), args, kwargs,
-                               tie_weights=False, strict=False)
+    return _call(p, _tensors(p)[0], args, kwargs)
 
 
 def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Particle]:
@@ -145,6 +188,12 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     parameters are the same tensors as in ``p``. Works under ``torch.func.vmap`` for a
     population, giving each member its own statistics.
 
+    A shared buffer (``nf.add_buffer(..., state=False)``) is one tensor of the whole species and
+    cannot hold one particle's update: if the forward pass changes one, this raises a
+    SchemaError (nothing changes) rather than silently dropping the update. Make the buffer
+    per-particle state (``state=True``) to keep such updates, or use :func:`apply`, which
+    discards them.
+
     >>> import torch, nytorch_func as nf
     >>> bn = torch.nn.BatchNorm1d(2)
     >>> p = nf.from_module(bn)
@@ -154,12 +203,20 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     """
     _check(p, "apply_with_state")
     s = p._schema
-    tensors = _tensors(p, clone_state=True)
-    with _mode(s.skeleton, p._training):
-        out = functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
+    tensors, shared = _tensors(p)
+    out = _call(p, tensors, args, kwargs)
+    if not torch.compiler.is_compiling():
+        for path, copy, version in shared:
+            if tensors[path] is not copy or copy._version != version:
+                raise SchemaError(
+                    f"apply_with_state: the forward pass changed the shared buffer {path!r}; a "
+                    "shared buffer (add_buffer(..., state=False)) is one tensor of the whole "
+                    "species and cannot keep one particle's update. Make it per-particle state "
+                    "(del_buffer, then add_buffer(..., state=True)) to keep the updates, or use "
+                    "nf.apply, which discards them")
     leaves = tuple(tensors[spec.key] if spec.kind == "buffer" else leaf
                    for spec, leaf in zip(s.leaf_specs, p._leaves))
-    return out, Particle._make(s, leaves, p._training)
+    return out, Particle._make(s, leaves, p._training, p._batch)
 
 
 def to_module(p: Particle, *, copy: bool = True) -> nn.Module:
@@ -181,6 +238,11 @@ def to_module(p: Particle, *, copy: bool = True) -> nn.Module:
                           f"{tuple(p.batch_shape)}; take one member first (pop[i]) or use "
                           "torch.func.vmap(nf.apply, ...) to run all of them")
     s = p._schema
+    with s.species._call_lock:  # no forward pass may have tensors swapped into the skeleton
+        return _copy_module(p, s, copy)
+
+
+def _copy_module(p: Particle, s: Schema, copy: bool) -> nn.Module:
     memo: dict[int, Any] = {}
     for spec, leaf in zip(s.leaf_specs, p._leaves):
         value = leaf.detach()

@@ -12,13 +12,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._bridge import collect
+from ._bridge import collect, default_config
 from ._config import ParamConfig
 from ._errors import NytorchFuncError, SchemaError
 from ._events import (AddBuffer, AddModule, AddParam, Configure, ConfigureBuffer, DelBuffer,
                       DelModule, DelParam, Event, SetNone)
 from ._particle import Particle
-from ._schema import make_skeleton
+from ._schema import computable, make_skeleton
 from ._species import StaleHead
 from ._touch import touch
 
@@ -42,8 +42,9 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
         head = q._schema
         event, own = build(q)
         try:
-            event = event.bind(head)
-            new_schema = event.apply(head)
+            with species._call_lock:  # the skeleton is copied: no forward may be swapped in
+                event = event.bind(head)
+                new_schema = event.apply(head)
         except NytorchFuncError:
             raise
         except Exception as err:  # torch's own refusals (bad names, ...) become typed errors
@@ -53,7 +54,7 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
         if not batch_shape:
             leaves.update((k, v) for k, v in own.items() if k in leaves)
         result = Particle._make(new_schema, tuple(leaves[k] for k in new_schema.leaf_keys),
-                                q._training)
+                                q._training, batch_shape)
         try:
             species._link(head, event, new_schema)
         except StaleHead:
@@ -72,7 +73,17 @@ def _tensor(value: object, what: str, path: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise SchemaError(f"{what}: the value for {path!r} must be a torch.Tensor, got "
                           f"{type(value).__name__}")
+    if value.is_meta:
+        raise SchemaError(f"{what}: the tensor for {path!r} is on the meta device and holds no "
+                          "data; particles hold values, so create it on a real device "
+                          "(e.g. torch.empty(..., device='cpu')) first")
     return value
+
+
+def _operational_int(path: str, dtype: torch.dtype, what: str) -> SchemaError:
+    return SchemaError(f"{what}: {path!r} is {str(dtype).replace('torch.', '')}; integer "
+                       "parameters cannot be operational, because particle arithmetic would "
+                       "change their dtype (p / 2, 0.5 * p); give it operational=False")
 
 
 def add_param(p: Particle, path: str, tensor: torch.Tensor,
@@ -80,7 +91,9 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
     """Add a parameter at ``path``; the initiator holds ``tensor`` itself.
 
     Every other particle of the species gets a clone of ``tensor`` as it was now (a snapshot)
-    when it is touched.
+    when it is touched. ``config`` defaults to ``ParamConfig()``, or to
+    ``ParamConfig(operational=False)`` for an integer tensor (integer parameters are never
+    operational: arithmetic would change their dtype).
 
     >>> import torch, nytorch_func as nf
     >>> net1 = nf.from_module(torch.nn.Linear(1, 1))
@@ -95,7 +108,9 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
     if config is not None and not isinstance(config, ParamConfig):
         raise SchemaError(f"add_param: config for {path!r} must be a ParamConfig, got "
                           f"{type(config).__name__}")
-    cfg = config or ParamConfig()
+    cfg = config or default_config(tensor)
+    if cfg.operational and not computable(tensor.dtype):
+        raise _operational_int(path, tensor.dtype, "add_param")
     if tensor.requires_grad and not (tensor.is_floating_point() or tensor.is_complex()):
         raise SchemaError(f"add_param: {path!r} must be floating point to require grad")
     snapshot = tensor.detach().clone()
@@ -160,6 +175,11 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
     hook = getattr(module, "__nytorch_module__", None)
     plain = hook() if hook is not None else module
     specs, values = collect(plain)
+    for spec, value in zip(specs, values):
+        if value.is_meta:
+            raise SchemaError(f"add_module: {path}.{spec.key} is on the meta device and holds no "
+                              "data; particles hold values, so materialise the module first "
+                              "(module.to_empty(device='cpu') and initialise it)")
     try:
         skeleton = make_skeleton(plain)
         snapshots = tuple(v.detach().clone() for v in values)
@@ -183,7 +203,9 @@ def configure(p: Particle, path: str = "", *, operational: bool | None = None,
     """Change the ParamConfig of the parameter at ``path``, or of all under module ``path``.
 
     ``path=""`` means every parameter. Unset arguments keep their value; other keywords set
-    user attributes. Making a parameter shared (``operational=False, clone=False``) turns the
+    user attributes. Integer parameters are never operational: naming one with
+    ``operational=True`` is a SchemaError, and under a prefix they keep ``operational=False``.
+    Making a parameter shared (``operational=False, clone=False``) turns the
     initiator's value into the species' one tensor; making it per-particle again gives every
     particle a copy of that tensor.
 
@@ -218,6 +240,10 @@ def configure(p: Particle, path: str = "", *, operational: bool | None = None,
         configs, to_shared = [], []
         for spec in targets:
             new = spec.config.replace(operational=operational, clone=clone, **attrs)
+            if new.operational and not computable(spec.dtype):
+                if path in spec.paths:
+                    raise _operational_int(spec.key, spec.dtype, "configure")
+                new = new.replace(operational=False)  # under a prefix: floats only
             configs.append((spec.key, new))
             if spec.leaf and new.shared:
                 if q.batch_shape:

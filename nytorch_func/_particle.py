@@ -12,7 +12,7 @@ import torch
 import torch.utils._pytree as torch_pytree
 
 from ._config import ParamConfig
-from ._errors import SchemaError
+from ._errors import NytorchFuncError, SchemaError
 
 if TYPE_CHECKING:
     from ._schema import Schema
@@ -54,16 +54,21 @@ class Particle:
     _schema: "Schema"
     _leaves: tuple
     _training: bool | None = None
+    # The batch shape of a particle with no leaves (a population of a module without tensors),
+    # which cannot be read off its leaves. None when the particle has leaves (then ignored).
+    _batch: tuple[int, ...] | None = None
 
     @classmethod
-    def _make(cls, schema: "Schema", leaves: tuple, training: bool | None = None) -> "Particle":
-        return cls(schema, leaves, training)
+    def _make(cls, schema: "Schema", leaves: tuple, training: bool | None = None,
+              batch: tuple[int, ...] | None = None) -> "Particle":
+        return cls(schema, leaves, training, None if leaves else batch)
 
     def __copy__(self) -> "Particle":
         return self
 
     def __deepcopy__(self, memo: dict) -> "Particle":
-        return Particle._make(self._schema, tuple(t.clone() for t in self._leaves), self._training)
+        return Particle._make(self._schema, tuple(t.clone() for t in self._leaves), self._training,
+                              self._batch)
 
     def __reduce__(self):
         raise TypeError("Particles are not pickled: use nf.save(path, p) and nf.load(path)")
@@ -113,10 +118,15 @@ class Particle:
 
     @property
     def batch_shape(self) -> torch.Size:
-        """The leading dimensions the leaves carry beyond their schema shape (``()`` for one model)."""
+        """The leading dimensions the leaves carry beyond their schema shape (``()`` for one model).
+
+        A particle without per-particle tensors (a module with no parameters or buffers, or
+        only shared ones) records its batch shape instead, so ``nf.population`` and
+        ``nf.stack`` of such particles keep their length.
+        """
         for spec, leaf in zip(self._schema.leaf_specs, self._leaves):
             return leaf.shape[: leaf.dim() - len(spec.shape)]
-        return torch.Size()
+        return torch.Size(self._batch or ())
 
     def config(self, path: str) -> ParamConfig:
         """The species-wide ParamConfig of the parameter at ``path``."""
@@ -137,7 +147,7 @@ class Particle:
     # modes -----------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Particle":
         """The same particle with ``nf.apply`` running in training mode (or eval if False)."""
-        return Particle._make(self._schema, self._leaves, bool(mode))
+        return Particle._make(self._schema, self._leaves, bool(mode), self._batch)
 
     def eval(self) -> "Particle":
         """The same particle with ``nf.apply`` running in eval mode."""
@@ -172,16 +182,17 @@ class Particle:
 # pytree registration --------------------------------------------------------------------------
 
 def _flatten(p: Particle) -> tuple[list, tuple]:
-    return list(p._leaves), (p._schema, p._training)
+    return list(p._leaves), (p._schema, p._training, p._batch)
 
 
 def _unflatten(children: Any, aux: tuple) -> Particle:
-    return Particle._make(aux[0], tuple(children), aux[1])
+    return Particle._make(aux[0], tuple(children), aux[1], aux[2])
 
 
 def _flatten_with_keys(p: Particle) -> tuple[list, tuple]:
     keys = p._schema.leaf_keys
-    return [(torch_pytree.MappingKey(k), t) for k, t in zip(keys, p._leaves)], (p._schema, p._training)
+    return ([(torch_pytree.MappingKey(k), t) for k, t in zip(keys, p._leaves)],
+            (p._schema, p._training, p._batch))
 
 
 torch_pytree.register_pytree_node(
@@ -190,7 +201,7 @@ torch_pytree.register_pytree_node(
 
 optree.register_pytree_node(
     Particle,
-    lambda p: (p._leaves, (p._schema, p._training), p._schema.leaf_keys),
+    lambda p: (p._leaves, (p._schema, p._training, p._batch), p._schema.leaf_keys),
     lambda aux, children: _unflatten(children, aux),
     path_entry_type=optree.MappingEntry,
     namespace=optree.registry.__GLOBAL_NAMESPACE,  # type: ignore[attr-defined]
@@ -212,7 +223,8 @@ def param_ids(p: Particle) -> dict[str, int]:
     {'weight': 0, 'bias': 1}
     """
     if not isinstance(p, Particle):
-        raise TypeError(f"param_ids: expected a Particle, got {type(p).__name__}")
+        raise NytorchFuncError(f"param_ids: expected a Particle (from nf.from_module), got "
+                               f"{type(p).__name__}")
     return {path: s.pid for s in p._schema.specs if s.kind == "param" for path in s.paths}
 
 

@@ -44,14 +44,16 @@ def stack(particles: Sequence[Particle]) -> Particle:
     if len(shapes) > 1:
         raise SchemaError(f"stack: members have different batch shapes {sorted(shapes)}")
     leaves = tuple(torch.stack(column) for column in zip(*(q._leaves for q in particles)))
-    return Particle._make(schema, leaves, particles[0]._training)
+    return Particle._make(schema, leaves, particles[0]._training,
+                          (len(particles), *shapes.pop()))
 
 
 def unstack(pop: Particle) -> list[Particle]:
     """The members of a population along its first batch dimension."""
     n = _length(pop, "unstack")
     if not pop._leaves:
-        return [Particle._make(pop._schema, (), pop._training) for _ in range(n)]
+        member = tuple(pop.batch_shape[1:])
+        return [Particle._make(pop._schema, (), pop._training, member) for _ in range(n)]
     columns = [t.unbind(0) for t in pop._leaves]
     return [Particle._make(pop._schema, tuple(c[i] for c in columns), pop._training)
             for i in range(n)]
@@ -75,9 +77,11 @@ def index_population(pop: Particle, index: Any) -> Particle:
                           "index tensor or mask), not a tuple")
     try:
         leaves = tuple(t[index] for t in pop._leaves)
+        # no leaves to index: index an empty stand-in of the batch shape for the new one
+        batch = None if leaves else tuple(torch.empty((*pop.batch_shape, 0))[index].shape[:-1])
     except (IndexError, TypeError, RuntimeError) as err:
         raise SchemaError(f"pop[index]: {err}") from err
-    return Particle._make(pop._schema, leaves, pop._training)
+    return Particle._make(pop._schema, leaves, pop._training, batch)
 
 
 _INITS = ("randn", "rand", "clone", "zeros")
@@ -133,7 +137,7 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn"
         if leaf.requires_grad and new.is_floating_point():
             new = new.requires_grad_(True) if new.is_leaf else new
         leaves.append(new)
-    return Particle(s, tuple(leaves), source._training)
+    return Particle._make(s, tuple(leaves), source._training, (n,))
 
 
 def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
@@ -171,7 +175,7 @@ def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
     leaves = tuple(torch.stack(c) for c in zip(*columns))
     leaves = tuple(t.requires_grad_(spec.requires_grad) if t.is_floating_point() else t
                    for t, spec in zip(leaves, first._schema.leaf_specs))
-    return Particle(first._schema, leaves, first._training)
+    return Particle._make(first._schema, leaves, first._training, (len(modules),))
 
 
 class VmapFallbackWarning(UserWarning):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._species import Species
 
-__all__ = ["Schema", "TensorSpec"]
+__all__ = ["Schema", "TensorSpec", "computable"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,9 +102,16 @@ class Schema:
         self.leaf_specs = tuple(s for s in specs if s.leaf)
         self.leaf_keys = tuple(s.key for s in self.leaf_specs)
         self.leaf_index = {k: i for i, k in enumerate(self.leaf_keys)}
+        # Leaves particle arithmetic computes: operational parameters of a floating or complex
+        # dtype. Integer parameters are never computed (``p / 2`` would turn them into floats);
+        # the public API refuses to make them operational, and this keeps schemas built
+        # otherwise (the facade, old files) from changing a leaf's dtype.
         self.op_index = tuple(i for i, s in enumerate(self.leaf_specs)
-                              if s.kind == "param" and s.config.operational)  # type: ignore[union-attr]
-        self.all_operational = len(self.op_index) == len(self.leaf_specs)
+                              if s.kind == "param" and s.config.operational  # type: ignore[union-attr]
+                              and computable(s.dtype))
+        # True only when there is something to compute: the fast path hands every leaf to one
+        # torch._foreach_* call, which refuses an empty list.
+        self.all_operational = 0 < len(self.op_index) == len(self.leaf_specs)
         self._next: tuple["Event", "Schema"] | None = None
 
     # identity -------------------------------------------------------------------------------
@@ -183,6 +190,11 @@ class Schema:
     def describe(self) -> str:
         head = f"version {self.version} of species {self.species.name!r}"
         return "\n".join([head] + ["  " + s.describe() for s in self.specs])
+
+
+def computable(dtype: torch.dtype) -> bool:
+    """Whether particle arithmetic can compute a parameter of ``dtype`` (floating or complex)."""
+    return dtype.is_floating_point or dtype.is_complex
 
 
 def _suggest(path: str, names: list[str]) -> str:

@@ -38,12 +38,18 @@ class Species:
     (True, 1)
     """
 
-    __slots__ = ("name", "uid", "_lock", "_versions", "_head", "_count", "__weakref__")
+    __slots__ = ("name", "uid", "_lock", "_call_lock", "_versions", "_head", "_count",
+                 "__weakref__")
 
     def __init__(self, name: str, uid: str | None = None) -> None:
         self.name = f"{name}#{next(_counter)}"
         self.uid = uid or uuid.uuid4().hex
         self._lock = threading.Lock()
+        # Held while a forward pass swaps a particle's tensors into a skeleton (nf.apply), while
+        # to_module copies one, and while an event copies one: the versions of a species share
+        # their skeleton modules, so these must not interleave across threads. Re-entrant, so a
+        # forward pass may itself call nf.apply or an event on the same species.
+        self._call_lock = threading.RLock()
         self._versions: weakref.WeakValueDictionary[int, Schema] = weakref.WeakValueDictionary()
         self._head: weakref.ref[Schema] | None = None
         self._count = 0
@@ -67,7 +73,16 @@ class Species:
         return None if self._head is None else self._head()
 
     def version(self, number: int) -> "Schema":
-        """The live schema of version ``number``; VersionError if it was never made or is freed."""
+        """The live schema of version ``number``; VersionError if it was never made or is freed.
+
+        >>> import torch, nytorch_func as nf
+        >>> p = nf.from_module(torch.nn.Linear(2, 1))
+        >>> p.species.version(0) is p.schema
+        True
+        """
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise VersionError(f"species {self.name!r}: a version is an int, got "
+                               f"{type(number).__name__} {number!r}")
         schema = self._versions.get(number)
         if schema is None:
             if not 0 <= number < self._count:

@@ -86,7 +86,8 @@ def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Calla
         leaves = event.migrate(leaves, batch_shape)
     if fill != "snapshot":
         _refill(leaves, start, target, fill)
-    return Particle._make(target, tuple(leaves[k] for k in target.leaf_keys), p._training)
+    return Particle._make(target, tuple(leaves[k] for k in target.leaf_keys), p._training,
+                          batch_shape)
 
 
 def _refill(leaves: dict, start: Schema, target: Schema, fill: "str | Callable") -> None:

@@ -210,13 +210,30 @@ def test_grad_is_a_particle_equal_to_autograd(name):
     assert checked >= 2
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "torch.func.grad differentiates every leaf of its argument; a BatchNorm particle carries "
-    "the int64 num_batches_tracked buffer, which cannot require grad. Needs a design decision "
-    "(e.g. a params-only view or an nf.grad helper)."))
 def test_grad_over_batchnorm_particle():
-    p = nf.from_module(bn_net())
-    torch.func.grad(lambda q: nf.apply(q, torch.randn(4, 4)).sum())(p)
+    """nf.grad differentiates the parameters of a particle that carries integer buffers.
+
+    Raw ``torch.func.grad`` differentiates *every* leaf of its argument, so it needs a particle
+    whose leaves are all floating point: over a BatchNorm particle (int64
+    ``num_batches_tracked``) it raises, by torch's design. ``nf.grad`` / ``nf.value_and_grad``
+    are the answer; this test pins both halves.
+    """
+    net = bn_net()
+    p = nf.from_module(net)
+    x = example_input("bn_net")
+
+    def loss(q):
+        return nf.apply(q, x).square().mean()
+
+    with pytest.raises(RuntimeError):
+        torch.func.grad(loss)(p)
+    g = nf.grad(loss)(p)
+    assert isinstance(g, nf.Particle) and g.schema is p.schema
+    net.zero_grad()
+    net(x).square().mean().backward()
+    for path, t in net.named_parameters():
+        assert torch.allclose(g[path], t.grad, atol=1e-6), path
+    assert not g["1.num_batches_tracked"].any()
 
 
 def test_vmap_over_population_equals_per_member_apply():
@@ -321,15 +338,45 @@ class SharedCounter(nn.Module):
         return self.layer(x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nf.apply clones only per-particle buffers; a shared buffer (add_buffer(state=False)) that "
-    "the forward updates in place is the species' one tensor and changes. Cloning it too would "
-    "keep apply pure but silently drop such updates everywhere (also in apply_with_state); "
-    "needs a design decision."))
 def test_apply_does_not_change_shared_buffers():
-    p = nf.add_buffer(nf.from_module(SharedCounter()), "count", torch.zeros(1), state=False)
+    """A shared buffer is one tensor of the species: nf.apply runs the forward on a copy of it
+    (apply is pure), and apply_with_state refuses a forward that changes it instead of silently
+    dropping the update; as per-particle state the update is kept."""
+    count = torch.zeros(1)
+    p = nf.add_buffer(nf.from_module(SharedCounter()), "count", count, state=False)
+    x = torch.ones(1, 2)
     with unchanged(p):
-        nf.apply(p, torch.ones(1, 2))
+        assert torch.allclose(nf.apply(p, x), nf.to_module(p).layer(x))
+    assert count.item() == 0 and p["count"] is count
+    with unchanged(p):
+        with pytest.raises(SchemaError, match="changed the shared buffer 'count'"):
+            nf.apply_with_state(p, x)
+    pop = nf.population(p, 3)
+    with unchanged(pop):
+        torch.func.vmap(nf.apply, in_dims=(0, None))(pop, x)
+        with pytest.raises(SchemaError, match="shared buffer 'count'"):
+            torch.func.vmap(nf.apply_with_state, in_dims=(0, None))(pop, x)
+    assert count.item() == 0
+    state = nf.add_buffer(nf.from_module(SharedCounter()), "count", torch.zeros(1))
+    _, after = nf.apply_with_state(state, x)
+    assert after["count"].item() == 1 and state["count"].item() == 0
+
+
+class ReadsSharedBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.layer(x) * self.scale  # reads, never writes, a shared buffer
+
+
+def test_apply_with_state_accepts_a_shared_buffer_it_only_reads():
+    p = nf.add_buffer(nf.from_module(ReadsSharedBuffer()), "scale", torch.full((1,), 2.0),
+                      state=False)
+    x = torch.randn(3, 2)
+    out, after = nf.apply_with_state(p, x)
+    assert torch.allclose(out, nf.apply(p, x)) and after["scale"] is p["scale"]
 
 
 def test_to_module_keeps_per_submodule_modes():
@@ -362,3 +409,16 @@ def test_failed_forward_restores_skeleton_modes():
     assert [m.training for m in p.schema.skeleton.modules()] == modes
     assert torch.allclose(nf.apply(p, example_input("bn_net")),
                           _eager(nf.to_module(p), example_input("bn_net")), atol=1e-6)
+
+
+def test_apply_compiles_without_graph_breaks():
+    """The species' call lock is skipped while torch.compile traces, so nf.apply stays one
+    graph (a lock would break it)."""
+    p = nf.from_module(bn_net()).eval()
+    x = example_input("bn_net")
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def forward(q, inp):
+        return nf.apply(q, inp)
+
+    assert torch.allclose(forward(p, x), nf.apply(p, x), atol=1e-6)

@@ -1,7 +1,9 @@
-"""Events from many threads on one species are linearised; touches meanwhile stay consistent."""
+"""Events from many threads on one species are linearised; touches meanwhile stay consistent;
+forward passes from many threads each see their own particle's weights."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -87,3 +89,94 @@ def test_events_from_threads_are_linearised() -> None:
     assert sorted(head.params) == ["0.bias", "0.weight", "1.bias", "1.weight"]
     assert sorted(head.buffers) == ["1.num_batches_tracked", "1.running_mean", "1.running_var"]
     assert touches[0] > 0
+
+
+# forward passes from threads ---------------------------------------------------------------------
+
+APPLY_THREADS = 6
+APPLIES = 150  # per thread
+
+
+def _forward_race(members: list[nf.Particle], x: torch.Tensor, references: list[torch.Tensor],
+                  with_events: bool = False) -> tuple[list[str], list[BaseException], bool]:
+    """Threads run nf.apply / apply_with_state / to_module on different particles of one species
+    at once (switching threads as often as CPython allows) and compare each output with the
+    particle's eager module, computed beforehand on one thread."""
+    start = threading.Barrier(APPLY_THREADS)
+    wrong: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            start.wait()
+            for k in range(APPLIES):
+                i = (t + k) % len(members)
+                p = members[i]
+                if k % 3 == 0:
+                    out = nf.apply(p, x)
+                elif k % 3 == 1:
+                    out, _ = nf.apply_with_state(p, x)
+                else:
+                    out = nf.to_module(p)(x)
+                if not torch.allclose(out, references[i], atol=1e-5):
+                    wrong.append(f"thread {t}, call {k}: particle {i}")
+                if with_events and k % 25 == 0:
+                    nf.add_buffer(p, f"t{t}_{k}", torch.zeros(1))  # copies the skeleton path
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True)
+               for t in range(APPLY_THREADS)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show at once
+    try:
+        began = time.monotonic()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=max(0.0, TIMEOUT - (time.monotonic() - began)))
+    finally:
+        sys.setswitchinterval(interval)
+    return wrong, errors, any(th.is_alive() for th in threads)
+
+
+def _members() -> tuple[list[nf.Particle], torch.Tensor, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    base = nf.from_module(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                                        nn.Linear(8, 3)))
+    members = [base.randn() for _ in range(8)]
+    members = [q.eval() if i % 2 else q.train() for i, q in enumerate(members)]  # mode flips too
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        references = [nf.to_module(q)(x) for q in members]
+    return members, x, references
+
+
+def test_forward_passes_from_threads_see_their_own_weights() -> None:
+    """Regression: functional_call swaps each particle's tensors into the species' one meta
+    skeleton, and apply flips its train/eval flags; two threads applying particles of one
+    species read each other's weights (or the meta placeholders) without the species' call
+    lock."""
+    members, x, references = _members()
+    with torch.no_grad():
+        wrong, errors, alive = _forward_race(members, x, references)
+    assert not alive, "deadlock: a thread did not finish in time"
+    assert not errors, errors[0]
+    assert not wrong, f"{len(wrong)} forward passes read another particle's weights: {wrong[:3]}"
+    skeleton = members[0].schema.skeleton
+    assert all(t.is_meta for t in [*skeleton.parameters(), *skeleton.buffers()])
+    assert skeleton.training  # every mode flip was undone
+
+
+def test_events_during_forward_passes_keep_skeletons_data_free() -> None:
+    """An event copies the modules on its path from the skeleton; a forward pass on another
+    thread must not have its tensors swapped in at that moment, or the new version's skeleton
+    would keep a particle's real weights."""
+    members, x, references = _members()
+    with torch.no_grad():
+        wrong, errors, alive = _forward_race(members, x, references, with_events=True)
+    assert not alive and not errors and not wrong, (alive, errors[:1], wrong[:3])
+    head = nf.touch(members[0]).schema
+    assert len(head.species) > 1
+    for schema in head.species.live_versions():
+        assert all(t.is_meta for t in [*schema.skeleton.parameters(), *schema.skeleton.buffers()])

@@ -158,7 +158,7 @@ def test_custom_attrs_follow_the_schema():
     assert r.config("2.weight").mutation_scale == 0.1 and r.config("2.weight").tag == "head"
     assert r.config("0.weight") == nf.ParamConfig()
     seen = {}
-    nf.map_params(lambda t, cfg: seen.setdefault(cfg.get("tag"), t), r)
+    nf.map_params(lambda t, cfg: seen.setdefault(cfg.get("tag"), t) is None or t, r)
     assert set(seen) == {None, "head"}
 
 
@@ -300,3 +300,157 @@ def test_linear_combination_matches_reference(a, b):
     _check(r, p, _reference(p, lambda k, t: a * t + b * q[k] - q[k] * a))
     zero = p - p
     _check(zero, p, _reference(p, lambda k, t: torch.zeros_like(t)))
+
+
+# mixed batch shapes: a single particle with a population ---------------------------------------
+
+def test_single_particle_with_population_broadcasts_every_leaf():
+    """Regression: p + pop gave q['bias'].shape == (1,) with q.batch_shape == (3,): the leaves
+    carried over from the left (single) operand kept no batch dimension."""
+    p = nf.configure(nf.from_module(nn.Linear(2, 1)), "bias", operational=False)
+    pop = nf.population(p, 3, generator=torch.Generator().manual_seed(0))
+    for q in (p + pop, pop + p, p - pop, p * pop, pop / p):
+        assert q.batch_shape == (3,)
+        assert q["bias"].shape == (3, 1) and q["weight"].shape == (3, 1, 2)
+    q = p + pop
+    assert torch.equal(q["weight"], p["weight"] + pop["weight"])
+    assert torch.equal(q["bias"], p["bias"].expand(3, 1))  # from the left operand, per member
+    assert q["bias"].is_contiguous() and q["bias"].data_ptr() != p["bias"].data_ptr()
+    assert (pop + p)["bias"] is pop["bias"]  # a left operand of the result's shape: carried as is
+    members = nf.unstack(q)
+    assert all(torch.equal(m["bias"], p["bias"]) for m in members)
+
+
+def test_single_bn_particle_with_population_keeps_buffers_per_member(pair):
+    p, q = pair
+    pop = nf.stack([q, q.randn(), q.randn()])
+    r = 0.5 * p + 0.5 * pop
+    assert r.batch_shape == (3,)
+    for spec in r.schema.leaf_specs:
+        assert r[spec.key].shape == (3, *spec.shape), spec.key
+    assert torch.equal(r["1.running_var"][2], p["1.running_var"])
+    assert r["1.num_batches_tracked"].dtype == torch.long
+    out, after = torch.func.vmap(nf.apply_with_state, in_dims=(0, None))(r, torch.randn(5, 4))
+    assert after["1.running_mean"].shape == (3, 6)
+    assert not torch.equal(after["1.running_mean"][0], after["1.running_mean"][1])
+
+
+def test_populations_broadcast_like_numpy():
+    p = nf.from_module(bn_net())
+    pop = nf.population(p, 3)
+    grid = nf.stack([pop, pop.randn()])  # batch (2, 3)
+    r = pop + grid
+    assert r.batch_shape == (2, 3)
+    assert all(t.shape[:2] == (2, 3) for t in r.leaves)
+    assert torch.equal(r["1.running_mean"][1], pop["1.running_mean"])
+    with pytest.raises(SchemaError, match=r"\(2,\) and \(3,\) do not broadcast"):
+        nf.stack([p, p]) + pop
+
+
+def test_mixed_batch_shapes_compile_without_graph_breaks():
+    p = nf.configure(nf.from_module(bn_net()), "3.bias", operational=False).detach()
+    pop = nf.population(p, 4).detach()
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def step(a, b):
+        return 0.5 * a + 0.5 * b
+
+    out = step(p, pop)
+    assert out.batch_shape == (4,) and out["3.bias"].shape == (4, 2)
+    assert torch.allclose(out["0.weight"], 0.5 * p["0.weight"] + 0.5 * pop["0.weight"])
+
+
+def test_map_params_broadcasts_a_single_particle_with_a_population():
+    p = nf.from_module(bn_net())
+    pop = nf.population(p, 2)
+    r = nf.map_params(lambda a, b, cfg: a - b, p, pop)
+    assert r.batch_shape == (2,) and r["1.running_mean"].shape == (2, 6)
+    assert torch.equal(r["0.weight"], p["0.weight"] - pop["0.weight"])
+
+
+def test_map_params_refuses_results_that_do_not_fit_the_schema():
+    p = nf.from_module(bn_net())
+    pop = nf.population(p, 3)
+    with unchanged(pop):
+        with pytest.raises(SchemaError, match=r"for '0\.weight'; it must keep shape \(3, 6, 4\)"):
+            nf.map_params(lambda t, cfg: t.sum(0), pop)  # a reduction is not a map: use nf.mean
+        with pytest.raises(SchemaError, match=r"float16 for '0\.weight'.*dtype torch\.float32"):
+            nf.map_params(lambda t, cfg: t.half(), pop)
+
+
+# particles without tensors, integer parameters, devices -----------------------------------------
+
+def test_arithmetic_on_particles_without_tensors():
+    """Regression: the all-operational fast path handed an empty list to torch._foreach_*."""
+    e = nf.from_module(nn.Sequential(nn.ReLU()))
+    for r in (2 * e + e, -e, e / 3, e ** e, abs(e), e.randn(), nf.full_like(e, 1.0)):
+        assert r.leaves == () and r.schema is e.schema and r.batch_shape == ()
+    pop = nf.population(e, 4)
+    assert (0.5 * pop + e).batch_shape == (4,) and (e + pop).batch_shape == (4,)
+    assert nf.map_params(lambda t, cfg: t, pop).batch_shape == (4,)
+
+
+class IntParam(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.idx = nn.Parameter(torch.tensor([1, 0]), requires_grad=False)
+
+    def forward(self, x):
+        return self.lin(x)[:, self.idx]
+
+
+def test_integer_parameters_keep_their_dtype():
+    """Regression: p / 2 (and 0.5 * p, p ** 0.5) turned integer parameters into floats, so the
+    particle no longer matched its schema. Integer parameters are never operational."""
+    p = nf.from_module(IntParam())
+    assert p.config("idx") == nf.ParamConfig(operational=False)
+    q = p.randn()
+    for r in (p / 2, 0.5 * p + 0.5 * q, p ** 0.5, -p, nf.zeros_like(p), q / p):
+        assert r["idx"].dtype == torch.int64 and r["idx"] is p["idx"]
+    assert torch.equal(nf.apply(p / 2, torch.eye(2)), nf.apply(p, torch.eye(2)) / 2)
+    with unchanged(p):
+        with pytest.raises(SchemaError, match="'idx' is int64; integer parameters cannot be "
+                                              "operational"):
+            nf.configure(p, "idx", operational=True)
+        with pytest.raises(SchemaError, match="integer parameters cannot be operational"):
+            nf.add_param(p, "k", torch.arange(2), config=nf.ParamConfig(tag=1))
+    everything = nf.configure(p, "", operational=True, tag=2)  # under a prefix: floats only
+    assert not everything.config("idx").operational and everything.config("idx").tag == 2
+    assert everything.config("lin.weight").operational
+    grown = nf.add_param(p, "k", torch.arange(2))
+    assert not grown.config("k").operational and (grown / 2)["k"].dtype == torch.int64
+    mapped = nf.map_params(lambda t, cfg: t.flip(-1), p, operational_only=False)
+    assert torch.equal(mapped["idx"], torch.tensor([0, 1]))
+
+
+def test_coefficient_tensors_must_be_on_the_parameters_device():
+    p = nf.from_module(mlp())
+    pop = nf.population(p, 2)
+    with unchanged(p, pop):
+        with pytest.raises(SchemaError, match="tensor is on meta, the parameters on cpu"):
+            p * torch.tensor(2.0, device="meta")
+        with pytest.raises(SchemaError, match="on meta"):
+            torch.ones(2, device="meta") * pop
+    assert torch.equal((p * torch.tensor(2.0))["0.weight"], 2 * p["0.weight"])
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: nf.randn_like(p, generator=1),
+    lambda p: nf.rand_like(p, generator="seed"),
+    lambda p: nf.full_like(p, "a"),
+    lambda p: nf.full_like(p, torch.ones(2)),
+])
+def test_random_and_fill_refuse_bad_arguments(call):
+    p = nf.from_module(mlp())
+    with unchanged(p):
+        with pytest.raises(SchemaError):
+            call(p)
+
+
+@pytest.mark.parametrize("fn", [nf.randn_like, nf.rand_like, nf.zeros_like,
+                                lambda x: nf.full_like(x, 1.0),
+                                lambda x: nf.map_params(lambda t, c: t, x)])
+def test_ops_refuse_non_particles(fn):
+    with pytest.raises(NytorchFuncError, match="expected a Particle"):
+        fn(mlp())

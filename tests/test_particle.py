@@ -76,7 +76,7 @@ def test_config_and_param_ids():
     assert p.config("out.weight") == nf.ParamConfig()
     with pytest.raises(SchemaError, match="no parameter at path 'emb'"):
         p.config("emb")
-    with pytest.raises(TypeError, match="expected a Particle"):
+    with pytest.raises(nf.NytorchFuncError, match="expected a Particle"):
         nf.param_ids(nn.Linear(1, 1))
 
 

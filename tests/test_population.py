@@ -229,3 +229,25 @@ def test_particle_ops_compile_without_graph_breaks():
 
     out = swarm_step(pop, best, 0.25)
     torch.testing.assert_close(out["0.weight"], 0.75 * pop["0.weight"] + 0.25 * best["0.weight"])
+
+
+def test_populations_of_a_module_without_tensors_keep_their_size():
+    """Regression: with no leaves to read it from, a population of a tensor-less module had
+    batch shape () and no len(). The particle records its batch shape instead."""
+    e = nf.from_module(nn.Sequential(nn.ReLU(), nn.Flatten()))
+    pop = nf.population(e, 5)
+    assert pop.batch_shape == (5,) and len(pop) == 5 and pop.leaves == ()
+    assert len(nf.stack([e, e])) == 2 and len(nf.stack([pop, pop])) == 2
+    assert nf.stack([pop, pop]).batch_shape == (2, 5)
+    assert pop[1:4].batch_shape == (3,) and pop[torch.tensor([0, 4])].batch_shape == (2,)
+    assert pop[torch.tensor([True, False, True, False, False])].batch_shape == (2,)
+    assert pop[2].batch_shape == () and [m.batch_shape for m in nf.unstack(pop)] == [()] * 5
+    assert (0.5 * pop).batch_shape == (5,) and pop.clone().batch_shape == (5,)
+    flat, spec = torch.utils._pytree.tree_flatten(pop)
+    assert flat == [] and torch.utils._pytree.tree_unflatten(flat, spec).batch_shape == (5,)
+    grown = nf.add_param(pop, "gain", torch.ones(3))  # an event gives every member its copy
+    assert grown["gain"].shape == (5, 3) and nf.touch(pop)["gain"].shape == (5, 3)
+    shrunk = nf.del_param(grown, "gain")
+    assert shrunk.leaves == () and shrunk.batch_shape == (5,)
+    late = nf.touch(nf.population(e, 2))  # across both events: added, then deleted
+    assert late.version == 2 and late.leaves == () and late.batch_shape == (2,)

@@ -107,7 +107,8 @@ def step(rank: int, world: int) -> None:
     w_all = torch.argsort(torch.argsort(f_all)).double() / (n - 1) - 0.5
     step_sum = seps.sum(seps.part(w_all))
     new_theta = theta + lr / (n * sigma) * step_sum
-    ref_sum = nf.map_params(lambda t, c: torch.tensordot(w_all.to(t.dtype), t, dims=1), eps_full)
+    # sum_i w_i eps_i as n * mean_i(w_i eps_i): map_params must keep each leaf's shape
+    ref_sum = nf.mean(eps_full * w_all.to(eps_full["0.weight"].dtype)) * float(n)
     for key in ref_sum.schema.leaf_keys:
         if ref_sum.schema.by_key[key].config is not None and ref_sum.config(key).operational:
             check(torch.allclose(step_sum[key], ref_sum[key], atol=1e-6), f"ES sum {key}")
