@@ -426,7 +426,12 @@ def assert_same_values(a: nf.Particle, b: nf.Particle, *, rtol: float | None = N
 
 # events ----------------------------------------------------------------------------------------
 
-_NOTHING = object()
+class _NoValue:
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+_NOTHING = _NoValue()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
