@@ -230,3 +230,24 @@ def test_initiator_and_recipient_semantics(kind, data):
                 assert q[spec.key] is r2[spec.key]
     elif kind == "configure_buffer":
         assert r2.schema.spec(path).policy == edit.options["policy"]
+
+
+@given(st.data())
+def test_shared_round_trip_reaches_stale_recipients(data):
+    """Made shared and then per-particle again: a stale recipient ends with the shared value.
+
+    Random chains rarely hit this two-step sequence (a scratch copy whose touch skipped
+    Configure passed every other property under the ci profile), so it gets its own property.
+    """
+    p = data.draw(nft.particles(), label="initiator")
+    p = _make_feasible(p, "configure")
+    r = nft.random_particle(p, seed=9)
+    path = data.draw(st.sampled_from(sorted(nf.param_ids(p))), label="path")
+    chain = [nft.Edit("configure", path, kwargs=(("operational", False), ("clone", False))),
+             nft.Edit("configure", path, kwargs=(("clone", True),))]
+    mp, mr = Model.of(p), Model.of(r)
+    for edit in chain:
+        mp, mr = mp.event(edit), mr.event(edit, initiator=mp)
+        p = edit.apply(p)
+    mp.check(p)
+    mr.check(r)
