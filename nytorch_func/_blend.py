@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._errors import NytorchFuncError, SchemaError
-from ._ops import _lift2, _per_member, _scalar_kind, align
+from ._ops import _lift2, _per_member, _scalar_kind, align, fe_lerp
 from ._particle import Particle
 
 __all__ = ["lerp"]
@@ -39,7 +39,7 @@ def lerp(start: Particle, end: Particle, weight: "float | torch.Tensor") -> Part
     if start._schema is not end._schema:
         start, end = align(start, end, "lerp")
     if kind == "batch":
-        return _lift2(start, end, lambda xs, ys: torch._foreach_lerp(xs, ys, _per_member(weight, xs)))
+        return _lift2(start, end, lambda xs, ys: fe_lerp(xs, ys, _per_member(weight, xs)))
     if kind == "tensor0":  # stays a tensor: differentiable, traceable, no .item() sync
-        return _lift2(start, end, lambda xs, ys: torch._foreach_lerp(xs, ys, [weight] * len(xs)))
-    return _lift2(start, end, lambda xs, ys: torch._foreach_lerp(xs, ys, float(weight)))
+        return _lift2(start, end, lambda xs, ys: fe_lerp(xs, ys, [weight] * len(xs)))
+    return _lift2(start, end, lambda xs, ys: fe_lerp(xs, ys, float(weight)))

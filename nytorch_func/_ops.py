@@ -24,10 +24,49 @@ if TYPE_CHECKING:
 __all__ = ["install", "map_params", "randn_like", "rand_like", "zeros_like", "full_like"]
 
 Leaves = Sequence[torch.Tensor]
-_foreach = torch  # the torch._foreach_* namespace
+_transforms_active = torch._C._are_functorch_transforms_active
+
+
+def _vmappable(foreach_fn: Callable, one: Callable) -> Callable:
+    """``foreach_fn``, or a per-tensor ``one`` loop inside torch.func transforms.
+
+    torch has no vmap batching rule for ``torch._foreach_*``; inside ``vmap``/``grad`` the
+    operation runs tensor by tensor instead, so particle arithmetic works in any transformed
+    function. Outside transforms (and under ``torch.compile``) it is the one foreach call.
+    """
+
+    def call(*args: Any) -> Any:
+        if _transforms_active():
+            n = next(len(a) for a in args if isinstance(a, (list, tuple)))
+            return [one(*(a[i] if isinstance(a, (list, tuple)) else a for a in args))
+                    for i in range(n)]
+        return foreach_fn(*args)
+
+    call.__name__ = foreach_fn.__name__
+    return call
+
+
+fe_add = _vmappable(torch._foreach_add, torch.add)
+fe_sub = _vmappable(torch._foreach_sub, torch.sub)
+fe_mul = _vmappable(torch._foreach_mul, torch.mul)
+fe_div = _vmappable(torch._foreach_div, torch.div)
+fe_pow = _vmappable(torch._foreach_pow, torch.pow)
+fe_neg = _vmappable(torch._foreach_neg, torch.neg)
+fe_abs = _vmappable(torch._foreach_abs, torch.abs)
+fe_reciprocal = _vmappable(torch._foreach_reciprocal, torch.reciprocal)
+fe_lerp = _vmappable(torch._foreach_lerp, torch.lerp)
 
 
 _Particle: type = object  # set by install(); avoids an import on the hot path
+
+
+def _fresh(p: "Particle") -> "Particle":
+    """``p`` at its species' newest version: operations first touch their operands."""
+    if p._schema._next is None:
+        return p
+    from ._touch import touch
+
+    return touch(p)
 
 
 def _make(schema, leaves, training, batch=None):
@@ -169,6 +208,8 @@ def _on_device(p: "Particle", coeff: torch.Tensor, name: str) -> torch.Tensor:
 def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: Callable | None):
     def forward(self: "Particle", other: Any) -> "Particle":
         t = type(other)
+        if t is not _Particle:
+            self = _fresh(self)
         if t is float or t is int:  # the hot path: a Python number
             s = self._schema
             if s.all_operational:
@@ -176,7 +217,7 @@ def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: C
             return _lift1(self, lambda xs: scalar_op(xs, other))
         if t is _Particle:
             a, b = self, other
-            if a._schema is not b._schema:
+            if a._schema is not b._schema or a._schema._next is not None:
                 a, b = align(a, b, f"p {name} q")
             la, lb = a._leaves, b._leaves
             if la and la[0].shape == lb[0].shape:  # the hot path: one schema, one batch shape
@@ -199,6 +240,7 @@ def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: C
 
     def reverse(self: "Particle", other: Any) -> "Particle":
         t = type(other)
+        self = _fresh(self)
         if (t is float or t is int) and reverse_scalar is not None:  # the hot path
             s = self._schema
             if s.all_operational:
@@ -221,49 +263,51 @@ def _binary(name: str, list_op: Callable, scalar_op: Callable, reverse_scalar: C
 
 
 def _rsub(s, xs):
-    return torch._foreach_add(torch._foreach_neg(xs), s)
+    return fe_add(fe_neg(xs), s)
 
 
 def _rdiv(s, xs):
-    return torch._foreach_mul(torch._foreach_reciprocal(xs), s)
+    return fe_mul(fe_reciprocal(xs), s)
 
 
 def _rpow(s, xs):
     if isinstance(s, torch.Tensor):
-        return torch._foreach_pow([s] * len(xs), xs)
-    return torch._foreach_pow(s, xs)
+        return fe_pow([s] * len(xs), xs)
+    return fe_pow(s, xs)
 
 
 _TABLE = {
-    "add": (torch._foreach_add, torch._foreach_add, lambda s, xs: torch._foreach_add(xs, s)),
-    "sub": (torch._foreach_sub, torch._foreach_sub, _rsub),
-    "mul": (torch._foreach_mul, torch._foreach_mul, lambda s, xs: torch._foreach_mul(xs, s)),
-    "truediv": (torch._foreach_div, torch._foreach_div, _rdiv),
-    "pow": (torch._foreach_pow, torch._foreach_pow, _rpow),
+    "add": (fe_add, fe_add, lambda s, xs: fe_add(xs, s)),
+    "sub": (fe_sub, fe_sub, _rsub),
+    "mul": (fe_mul, fe_mul, lambda s, xs: fe_mul(xs, s)),
+    "truediv": (fe_div, fe_div, _rdiv),
+    "pow": (fe_pow, fe_pow, _rpow),
 }
 
 
 def _neg(self: "Particle") -> "Particle":
-    return _lift1(self, torch._foreach_neg)
+    return _lift1(_fresh(self), fe_neg)
 
 
 def _pos(self: "Particle") -> "Particle":
-    return _lift1(self, list)
+    return _lift1(_fresh(self), list)
 
 
 def _abs(self: "Particle") -> "Particle":
-    return _lift1(self, torch._foreach_abs)
+    return _lift1(_fresh(self), fe_abs)
 
 
 # copies and random particles ------------------------------------------------------------------
 
 def _clone(self: "Particle") -> "Particle":
     """A particle of the same species whose leaves are fresh copies (autograd history kept)."""
+    self = _fresh(self)
     return _make(self._schema, tuple(t.clone() for t in self._leaves), self._training, self._batch)
 
 
 def _detach(self: "Particle") -> "Particle":
     """The same values with autograd history cut (``Tensor.detach`` on every leaf)."""
+    self = _fresh(self)
     return _make(self._schema, tuple(t.detach() for t in self._leaves), self._training, self._batch)
 
 
@@ -280,6 +324,7 @@ def _check_generator(generator: Any, what: str) -> None:
 
 
 def _fill(p: "Particle", make: Callable[[torch.Tensor], torch.Tensor]) -> "Particle":
+    p = _fresh(p)
     s = p._schema
     out = list(p._leaves)
     for i in s.op_index:

@@ -1,7 +1,6 @@
 """Failing examples the property suite found, kept as explicit tests.
 
-Core bugs stay here as ``xfail(strict=True)`` until the core owner fixes them: the fix then
-turns the xfail into an unexpected pass, which fails the suite, so the marker gets removed.
+Each was a core bug (kept as a strict xfail until fixed); now each guards its fix.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ def _grown(p):
     return nf.add_param(p.clone(), "extra", torch.nn.Parameter(torch.full((2,), -3.0)))
 
 
-@pytest.mark.xfail(strict=True, reason="core: unary/scalar ops do not touch a stale operand "
-                   "first, so touch(-p) != -touch(p) (found by test_prop_ops)")
 @pytest.mark.parametrize("op", [lambda p: -p, lambda p: 3.0 * p, lambda p: p ** 2,
                                 lambda p: p / 2, abs])
 def test_unary_and_scalar_ops_touch_first(op):
@@ -27,17 +24,12 @@ def test_unary_and_scalar_ops_touch_first(op):
     assert torch.equal(nf.touch(op(p))["extra"].detach(), op(nf.touch(p))["extra"].detach())
 
 
-@pytest.mark.xfail(strict=True, reason="core: p op q with both operands at the same stale "
-                   "version is not touched first (found by test_prop_ops)")
 def test_binary_op_on_two_stale_operands_touches_first():
     p = nf.from_module(torch.nn.Linear(1, 1))
     _grown(p)
     assert torch.equal(nf.touch(p + p)["extra"].detach(), (nf.touch(p) + nf.touch(p))["extra"].detach())
 
 
-@pytest.mark.xfail(strict=True, reason="core: batch_shape is inferred from the leaves, so a "
-                   "population touched through a version without leaves becomes one particle "
-                   "(found by test_prop_touch.test_chains_match_the_model)")
 def test_population_survives_a_version_without_leaves():
     p = nf.from_module(torch.nn.Linear(1, 1, bias=False))
     pop = nf.stack([p.clone(), p.randn()])
@@ -47,17 +39,11 @@ def test_population_survives_a_version_without_leaves():
     assert nf.touch(pop).batch_shape == (2,)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="core: torch._foreach_* on an "
-                   "empty leaf list raises a raw RuntimeError for a particle without leaves "
-                   "(found by test_prop_touch.test_configs_are_honoured_after_chains)")
 def test_arithmetic_on_a_particle_without_leaves():
     p = nf.del_param(nf.from_module(torch.nn.Embedding(1, 1)), "weight")
     assert (p * 3.0).leaves == () and (p + p).leaves == () and (-p).leaves == ()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="core: particle arithmetic uses "
-                   "torch._foreach_*, which has no vmap batching rule, so "
-                   "vmap(lambda p: 2 * p)(pop) fails (found by test_prop_populations)")
 def test_particle_arithmetic_under_vmap():
     pop = nf.population(torch.nn.Linear(2, 1), 3)
     out = torch.func.vmap(lambda p: 2 * p)(pop)

@@ -149,7 +149,7 @@ def test_schema_identity_and_reading():
     p = nf.from_module(nested_sequential())
     s = p.schema
     q = nf.add_param(p, "extra", torch.ones(1))
-    assert s == p.randn().schema and s != q.schema and hash(s) == hash(p.species.version(0))
+    assert s == p.schema and s != q.schema and p.randn().schema == q.schema and hash(s) == hash(p.species.version(0))
     assert s != nf.from_module(nested_sequential()).schema  # same version, other species
     assert copy.deepcopy(s) is s and copy.copy(s) is s
     assert [x.key for x in s.specs_under("0.1")] == ["0.1.0.weight", "0.1.0.bias"]

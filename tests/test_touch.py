@@ -109,7 +109,8 @@ def test_population_touch_equals_member_touch(chain):
 def test_touch_via_operations_and_events(chain):
     old, p = chain
     mixed = old * 0.5
-    assert mixed.version == 0  # unary arithmetic does not touch
+    assert mixed.version == 4  # every particle operation touches its operands first
+    assert (-old).version == (old.randn()).version == old.clone().version == 4
     assert (old + p).version == 4 and (p - old).version == 4
     assert nf.add_param(old, "late", torch.ones(1)).version == 5
     assert p.version == 4 and nf.touch(p).version == 5 and not p.schema.is_newest
