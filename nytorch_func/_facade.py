@@ -141,11 +141,29 @@ def _tag_tree(module: nn.Module, h: ParticleHandle, prefix: str) -> None:
         _TAGS[m] = (h, path)
 
 
+def _check_tree(root: nn.Module) -> None:
+    """SchemaError if a module is inside one of its own submodules (the tree has a cycle)."""
+    stack = [(root, frozenset((id(root),)))]
+    while stack:
+        m, above = stack.pop()
+        for c in m._modules.values():
+            if c is None:
+                continue
+            if id(c) in above:
+                raise SchemaError(
+                    f"{type(c).__name__} is inside one of its own submodules (the module tree "
+                    f"of {type(root).__name__} has a cycle); a particle is a tree: keep "
+                    "back-references out of it (store them without registering, e.g. in a "
+                    "list or with object.__setattr__)")
+            stack.append((c, above | {id(c)}))
+
+
 def _new_species(root: nn.Module) -> ParticleHandle:
     """Make a species from ``root``'s tree (version 0) and bind the tree to a new handle.
 
     Configs that NytoModule children already set in species of their own carry over.
     """
+    _check_tree(root)
     inherited: dict[int, _CoreConfig] = {}
     for m in root.modules():
         tag = _TAGS.get(m)
@@ -187,12 +205,20 @@ def _handle_of(module: nn.Module, *, bind: bool = True) -> tuple[ParticleHandle,
         if not bind:
             raise VersionError("this module is not part of any particle yet")
         top = module
+        seen = {id(top)}
         while True:
             ref = _PARENTS.get(top)
             parent = None if ref is None else ref()
             if (parent is None or _TAGS.get(parent) is not None
                     or not any(c is top for c in parent._modules.values())):
                 break
+            if id(parent) in seen:
+                raise SchemaError(
+                    f"the modules containing {type(module).__name__} form a cycle "
+                    f"({type(parent).__name__} is inside one of its own submodules); a particle "
+                    "is a tree: keep back-references out of the module tree (store them "
+                    "without registering, e.g. in a list or with object.__setattr__)")
+            seen.add(id(parent))
             top = parent
         _new_species(top)
         return _TAGS[module]
@@ -233,7 +259,7 @@ def _scan(h: ParticleHandle, m: nn.Module, sk: nn.Module, prefix: str,
         elif s is _MISSING:
             additions.append(("param", path, t, m))
         elif s is None:
-            additions.append(("param", path, t, m))  # core refuses: reported as a SchemaError
+            additions.append(("param", path, t, m))  # fills a None slot
         elif t.shape != s.shape or t.dtype != s.dtype:
             removals.append(("del_param", path))
             additions.append(("param", path, t, m))
@@ -1307,9 +1333,7 @@ class NytoModule(nn.Module):
             _dry_run(p, full, removal, lambda: _addition_event(full, value, kind, persistent))
             q = _edit.commit(p, lambda _: (removal, {}), f"replace {full}")
             q = self._add(q, full, value, kind, persistent)
-        elif existing is not None:  # a None entry: the core has no event to fill it again
-            q = self._add(p, full, value, kind, persistent)
-        else:
+        else:  # a new name, or a None entry filled again (the core's add events allow both)
             q = self._add(p, full, value, kind, persistent)
         _plain_set(self, name, value, kind, persistent)
         if kind == "module" and value is not None:
