@@ -607,10 +607,13 @@ class _Plan:
         lay = self.layout
         if owned and fresh_from is _NO_IDS:  # every leaf is a new operational parameter
             values = list(q._leaves)
-            for t, rg in zip(values, lay.grads):
-                t.__class__ = _P
-                if rg:
-                    t.requires_grad_(True)
+            for i, (t, rg) in enumerate(zip(values, lay.grads)):
+                if type(t) is _T:
+                    t.__class__ = _P
+                    if rg:
+                        t.requires_grad_(True)
+                elif not isinstance(t, _P):  # a tensor subclass: wrap it, keep its class
+                    values[i] = nn.Parameter(t, requires_grad=rg)
         else:
             values = []
             for (is_param, rg), t in zip(lay.leaf_info, q._leaves):
