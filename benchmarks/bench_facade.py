@@ -1,10 +1,24 @@
 """Facade benchmark: a particle operation between two NytoModules vs nytorch 1.1.0's.
 
-Run: PYTHONPATH=. python benchmarks/bench_facade.py   (needs nytorch==1.1.0, the "bench" extra)
-Model: a ~4K-parameter MLP as a NytoModule subclass in both libraries.
+Run: PYTHONPATH=. python benchmarks/bench_facade.py [--before REV]
+(needs nytorch==1.1.0, the "bench" extra). ``--before REV`` also times the facade as it was at
+git revision REV (loaded from ``git show REV:nytorch_func/_facade.py`` next to the current one),
+so before/after figures come from one interleaved run.
+
+Model: a 3,852-parameter MLP (Sequential of Linear/ReLU, 7 modules) as a NytoModule subclass
+in each library. Every library's runs are interleaved in small batches so that load on a shared
+machine hits all alike; each batch includes the garbage collections its operations cause
+(nytorch's reference cycles). Report medians; "best" (the fastest batch) shows the cost on an
+idle machine.
 """
 
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,40 +39,67 @@ def make(base):
     return MLP()
 
 
-def _once(fn, n):
+def load_facade_at(rev):
+    """The NytoModule class of ``nytorch_func/_facade.py`` at git revision ``rev``."""
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(["git", "show", f"{rev}:nytorch_func/_facade.py"], cwd=root,
+                         check=True, capture_output=True, text=True).stdout
+    tmp = Path(tempfile.mkdtemp()) / "_facade_before.py"
+    tmp.write_text(src)
+    spec = importlib.util.spec_from_file_location("nytorch_func._facade_before", tmp)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "nytorch_func"
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.NytoModule
+
+
+def _batch(fn, n):
     t = time.perf_counter()
     for _ in range(n):
         fn()
     return (time.perf_counter() - t) / n
 
 
-def main(repeat=7, n=500):
+def main(repeat=41, n=50, before=None):
     import nytorch
     import nytorch_func as nf
 
+    bases = {"nytorch 1.1.0": nytorch.NytoModule}
+    if before:
+        bases[f"nytorch_func@{before}"] = load_facade_at(before)
+    bases["nytorch_func"] = nf.NytoModule
     ops = {"a + b": lambda a, b: a + b, "0.5*a + 0.5*b": lambda a, b: 0.5 * a + 0.5 * b}
     pairs = {}
-    for label, base in (("nytorch 1.1.0", nytorch.NytoModule), ("nytorch_func", nf.NytoModule)):
+    for label, base in bases.items():
         a = make(base)
         pairs[label] = (a, a.randn())
     n_params = sum(p.numel() for p in pairs["nytorch_func"][0].parameters())
     runs = {label: {op: [] for op in ops} for label in pairs}
-    # interleave the two libraries so that load on a shared machine hits both alike; each run
-    # includes the garbage collections its operations cause (nytorch's reference cycles)
+    for op, fn in ops.items():
+        for label, (a, b) in pairs.items():
+            _batch(lambda: fn(a, b), 50)  # warm-up
     for _ in range(repeat):
         for op, fn in ops.items():
             for label, (a, b) in pairs.items():
-                _once(lambda: fn(a, b), 20)
-                runs[label][op].append(_once(lambda: fn(a, b), n))
-    print(f"MLP with {n_params} parameters, 1 thread, {repeat} interleaved runs of {n} "
-          "(microseconds per expression: median / best)")
+                runs[label][op].append(_batch(lambda: fn(a, b), n))
+    print(f"MLP with {n_params} parameters, 1 thread, {repeat} interleaved batches of {n} "
+          "(microseconds per expression: median / best; speed-up vs nytorch 1.1.0)")
     for op in ops:
-        old, new = sorted(runs["nytorch 1.1.0"][op]), sorted(runs["nytorch_func"][op])
-        mo, mn = old[len(old) // 2], new[len(new) // 2]
-        print(f"{op:>16}: nytorch {mo * 1e6:7.1f} / {old[0] * 1e6:7.1f}   nytorch_func "
-              f"{mn * 1e6:7.1f} / {new[0] * 1e6:7.1f}   speed-up {mo / mn:4.1f}x median, "
-              f"{old[0] / new[0]:4.1f}x best")
+        ref = sorted(runs["nytorch 1.1.0"][op])
+        mo, bo = ref[len(ref) // 2], ref[0]
+        for label in pairs:
+            v = sorted(runs[label][op])
+            m, b = v[len(v) // 2], v[0]
+            print(f"{op:>14} {label:>24}: {m * 1e6:7.1f} / {b * 1e6:7.1f}"
+                  + ("" if label == "nytorch 1.1.0" else
+                     f"   {mo / m:4.1f}x median, {bo / b:4.1f}x best"))
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", help="git revision of the facade to time as well")
+    parser.add_argument("--repeat", type=int, default=41)
+    parser.add_argument("-n", type=int, default=50)
+    args = parser.parse_args()
+    main(args.repeat, args.n, args.before)

@@ -39,9 +39,45 @@ __all__ = ["NytoModule", "ParamProduct", "ParticleHandle", "MutableParamConfig"]
 
 _MISSING = object()
 
+class _TagTable:
+    """``module -> value`` with weak keys, like ``weakref.WeakKeyDictionary``, but cheaper.
+
+    Keys are weak references whose callback is the table dict's own ``pop`` (a C function):
+    a module's death removes its entry without running Python code, which matters when every
+    particle operation makes and frees a tree of modules. Entries are never deleted by hand
+    (``discard`` stores ``None``), so every callback finds its key.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[weakref.ref, Any] = {}
+
+    def get(self, module: nn.Module, default: Any = None) -> Any:
+        value = self._data.get(weakref.ref(module))
+        return default if value is None else value
+
+    def __getitem__(self, module: nn.Module) -> Any:
+        value = self._data.get(weakref.ref(module))
+        if value is None:
+            raise KeyError(module)
+        return value
+
+    def __setitem__(self, module: nn.Module, value: Any) -> None:
+        self._data[weakref.ref(module, self._data.pop)] = value
+
+    def discard(self, module: nn.Module) -> None:
+        key = weakref.ref(module)
+        if key in self._data:
+            self._data[key] = None
+
+    def __len__(self) -> int:
+        return sum(v is not None for v in self._data.values())
+
+
 # module -> (handle, path inside the handle's root). Weak keys: an entry lives as long as its
 # module; the handle holds its root only weakly, so no entry keeps a tree alive.
-_TAGS: "weakref.WeakKeyDictionary[nn.Module, tuple[ParticleHandle, str]]" = weakref.WeakKeyDictionary()
+_TAGS = _TagTable()
 
 # child -> weakref(parent) for modules put into an unbound NytoModule, so that using a child
 # first makes the species from its outermost NytoModule ancestor (weak both ways: no cycles).
@@ -105,11 +141,29 @@ def _tag_tree(module: nn.Module, h: ParticleHandle, prefix: str) -> None:
         _TAGS[m] = (h, path)
 
 
+def _check_tree(root: nn.Module) -> None:
+    """SchemaError if a module is inside one of its own submodules (the tree has a cycle)."""
+    stack = [(root, frozenset((id(root),)))]
+    while stack:
+        m, above = stack.pop()
+        for c in m._modules.values():
+            if c is None:
+                continue
+            if id(c) in above:
+                raise SchemaError(
+                    f"{type(c).__name__} is inside one of its own submodules (the module tree "
+                    f"of {type(root).__name__} has a cycle); a particle is a tree: keep "
+                    "back-references out of it (store them without registering, e.g. in a "
+                    "list or with object.__setattr__)")
+            stack.append((c, above | {id(c)}))
+
+
 def _new_species(root: nn.Module) -> ParticleHandle:
     """Make a species from ``root``'s tree (version 0) and bind the tree to a new handle.
 
     Configs that NytoModule children already set in species of their own carry over.
     """
+    _check_tree(root)
     inherited: dict[int, _CoreConfig] = {}
     for m in root.modules():
         tag = _TAGS.get(m)
@@ -151,12 +205,20 @@ def _handle_of(module: nn.Module, *, bind: bool = True) -> tuple[ParticleHandle,
         if not bind:
             raise VersionError("this module is not part of any particle yet")
         top = module
+        seen = {id(top)}
         while True:
             ref = _PARENTS.get(top)
             parent = None if ref is None else ref()
             if (parent is None or _TAGS.get(parent) is not None
                     or not any(c is top for c in parent._modules.values())):
                 break
+            if id(parent) in seen:
+                raise SchemaError(
+                    f"the modules containing {type(module).__name__} form a cycle "
+                    f"({type(parent).__name__} is inside one of its own submodules); a particle "
+                    "is a tree: keep back-references out of the module tree (store them "
+                    "without registering, e.g. in a list or with object.__setattr__)")
+            seen.add(id(parent))
             top = parent
         _new_species(top)
         return _TAGS[module]
@@ -165,6 +227,8 @@ def _handle_of(module: nn.Module, *, bind: bool = True) -> tuple[ParticleHandle,
 
 def _root_of(module: nn.Module) -> tuple[nn.Module, ParticleHandle, str]:
     h, path = _handle_of(module)
+    if not path and h._root() is module:  # the common case: a root (its tag is h's)
+        return module, h, path
     root = h.root
     if root is None:
         raise VersionError(_ORPHAN)
@@ -195,7 +259,7 @@ def _scan(h: ParticleHandle, m: nn.Module, sk: nn.Module, prefix: str,
         elif s is _MISSING:
             additions.append(("param", path, t, m))
         elif s is None:
-            additions.append(("param", path, t, m))  # core refuses: reported as a SchemaError
+            additions.append(("param", path, t, m))  # fills a None slot
         elif t.shape != s.shape or t.dtype != s.dtype:
             removals.append(("del_param", path))
             additions.append(("param", path, t, m))
@@ -385,22 +449,93 @@ def _touch_tree(root: nn.Module, h: ParticleHandle, p: Particle) -> Particle:
     return q
 
 
-class _Plan:
-    """How one tree lays out one schema: a cache that makes unchanged trees cheap to read/copy.
+_P = nn.Parameter
+_T = torch.Tensor
+_make_subclass = torch.Tensor._make_subclass
+_new_object = object.__new__
+_set_dict = object.__setattr__
+_grad_enabled = torch.is_grad_enabled
+_set_grad = torch._C._set_grad_enabled
+_NO_IDS: frozenset = frozenset()
 
-    Holds the tree's modules only by weak reference (a strong one would keep the tree alive
-    through the weak-keyed tag table). ``check`` tells whether the tree still has exactly this
-    structure; ``leaves`` reads the particle's leaves; ``build`` makes a new tree of it.
+
+class _Layout:
+    """How one schema lies in a module tree of one shape, shared by every tree built from it.
+
+    Everything here is names and indices (no modules, no tensors), so one layout serves the
+    source tree and every result tree a particle operation builds from it.
+
+    ``lens``: per module, the sizes of its ``_parameters``/``_buffers``/``_modules`` dicts;
+    ``links``: ``(parent, name, child)`` module indices; ``nones``/``present``: the entries
+    that must be ``None`` / must exist (kind 0 params, 1 buffers, 2 modules); ``slots``: where
+    each leaf lives and its shape and dtype; ``puts``: where each tensor is written when
+    building (``(module, is_param, name, value index)``, values being the leaves then the
+    shared tensors of ``shared_keys``); ``leaf_info``: ``(is_param, requires_grad)`` per leaf;
+    ``flat``: modules that keep a flat weight list (RNNs).
+
+    Same sizes and every recorded name present means the same names (dict keys are unique),
+    so checking a tree costs a few ``len`` calls and lookups, no key tuples.
     """
 
-    __slots__ = ("schema", "mods", "paths", "sigs", "links", "leaf_slots", "puts")
+    __slots__ = ("paths", "lens", "links", "nones", "present", "slots", "shared_keys", "puts",
+                 "mod_puts", "leaf_info", "grads", "flat")
 
-    def __init__(self, root: nn.Module, schema: Schema) -> None:
+    def __init__(self, mods: list[nn.Module], paths: list[str], links: list, schema: Schema,
+                 puts: list, slot_of: dict) -> None:
+        self.paths = tuple(paths)
+        self.links = tuple(links)
+        self.lens = tuple((len(m._parameters), len(m._buffers), len(m._modules)) for m in mods)
+        nones, present = [], []
+        leaf_places = {slot_of[k] for k in schema.leaf_keys}
+        for i, m in enumerate(mods):
+            for kind, d in enumerate((m._parameters, m._buffers, m._modules)):
+                for name, v in d.items():
+                    if v is None:
+                        nones.append((i, kind, name))
+                    elif kind < 2 and (i, kind == 0, name) not in leaf_places:
+                        present.append((i, kind, name))
+        self.nones, self.present = tuple(nones), tuple(present)
+        self.slots = tuple(slot_of[k] + (spec.shape, spec.dtype)
+                           for k, spec in zip(schema.leaf_keys, schema.leaf_specs))
+        key_of = {p: spec.key for spec in schema.specs for p in spec.paths}
+        # values are indexed: the leaves in leaf order, then the shared tensors in this order
+        self.shared_keys = tuple(schema.shared)
+        index = {k: i for i, k in enumerate((*schema.leaf_keys, *self.shared_keys))}
+        self.puts = tuple((i, is_param, name, index[key_of[path]])
+                          for i, is_param, name, path in puts)
+        # per module: (param puts, buffer puts) as ((name, value index), ...) for build
+        per = [([], []) for _ in mods]
+        for i, is_param, name, at in self.puts:
+            per[i][0 if is_param else 1].append((name, at))
+        self.mod_puts = tuple((tuple(pp), tuple(bp)) for pp, bp in per)
+        self.leaf_info = tuple((spec.kind == "param", spec.requires_grad)
+                               for spec in schema.leaf_specs)
+        self.grads = tuple(spec.requires_grad for spec in schema.leaf_specs)
+        self.flat = tuple(i for i, m in enumerate(mods) if "_flat_weights_names" in m.__dict__)
+
+
+class _Plan:
+    """A tree's modules (by weak reference) and the :class:`_Layout` of its schema in them.
+
+    Makes reading an unchanged tree and building a new tree of its shape cheap. Weak
+    references only: a strong one would keep the tree alive through the weak-keyed tag table.
+    ``read`` gives the modules and leaves if the tree still has exactly this structure;
+    ``build`` makes a new tree (one shallow copy per module, tensors written straight into
+    the copies' dicts) and gives it a plan of its own sharing this layout.
+    """
+
+    __slots__ = ("schema", "mods", "layout")
+
+    def __init__(self, schema: Schema, mods: tuple, layout: _Layout) -> None:
+        self.schema, self.mods, self.layout = schema, mods, layout
+
+    @classmethod
+    def of(cls, root: nn.Module, schema: Schema) -> "_Plan":
         mods: list[nn.Module] = []
         index: dict[int, int] = {}
         paths: list[str] = []
         links: list[tuple[int, str, int]] = []
-        slots: dict[str, tuple[int, bool, str]] = {}
+        slot_of: dict[str, tuple[int, bool, str]] = {}
         puts: list[tuple[int, bool, str, str]] = []
         # iterative depth-first walk (a recursive closure would be a reference cycle)
         stack: list[tuple[nn.Module, str, int, str]] = [(root, "", -1, "")]
@@ -418,96 +553,144 @@ class _Plan:
             for is_param, d in ((True, m._parameters), (False, m._buffers)):
                 for tname, t in d.items():
                     if t is not None:
-                        slots.setdefault(prefix + tname, (idx, is_param, tname))
+                        slot_of.setdefault(prefix + tname, (idx, is_param, tname))
                         puts.append((idx, is_param, tname, prefix + tname))
             for cname, c in reversed(m._modules.items()):
                 if c is not None:
                     stack.append((c, prefix + cname + ".", idx, cname))
-        self.schema = schema
-        self.mods = tuple(weakref.ref(m) for m in mods)
-        self.paths = tuple(paths)
-        self.sigs = tuple(self._sig(m) for m in mods)
-        self.links = tuple(links)
-        self.leaf_slots = tuple(slots[k] + (spec.shape, spec.dtype)
-                                for k, spec in zip(schema.leaf_keys, schema.leaf_specs))
-        key_of = {p: spec.key for spec in schema.specs for p in spec.paths}
-        self.puts = tuple((i, is_param, name, key_of[path]) for i, is_param, name, path in puts)
+        layout = _Layout(mods, paths, links, schema, puts, slot_of)
+        return cls(schema, tuple(weakref.ref(m) for m in mods), layout)
 
-    def derive(self, mods: list[nn.Module], schema: Schema) -> "_Plan":
-        """The same plan for a tree of the same shape (made by ``build``)."""
-        new = _Plan.__new__(_Plan)
-        new.schema, new.paths, new.links = schema, self.paths, self.links
-        new.leaf_slots, new.puts = self.leaf_slots, self.puts
-        new.mods = tuple(weakref.ref(m) for m in mods)
-        new.sigs = self.sigs  # names only: the same for every tree this plan builds
-        return new
-
-    @staticmethod
-    def _sig(m: nn.Module) -> tuple:
-        return (tuple(m._parameters), tuple(m._buffers), tuple(m._modules))
-
-    def live(self) -> list[nn.Module] | None:
-        """The tree's modules if its structure is unchanged, else None."""
-        out = []
-        for ref, sig in zip(self.mods, self.sigs):
-            m = ref()
-            if m is None or self._sig(m) != sig:
+    def read(self) -> tuple[list[nn.Module], tuple] | None:
+        """``(modules, leaves)`` if the tree still has exactly the planned structure, else None."""
+        lay = self.layout
+        mods = [ref() for ref in self.mods]
+        try:
+            for m, (n_p, n_b, n_m) in zip(mods, lay.lens):
+                if len(m._parameters) != n_p or len(m._buffers) != n_b or len(m._modules) != n_m:
+                    return None
+        except AttributeError:  # a module was freed (None)
+            return None
+        for p, name, c in lay.links:  # every child is still the very module planned
+            if mods[p]._modules.get(name) is not mods[c]:
                 return None
-            out.append(m)
-        for p, name, c in self.links:  # every child is still the very module planned
-            if out[p]._modules[name] is not out[c]:
-                return None
-        return out
-
-    def leaves(self, mods: list[nn.Module]) -> tuple | None:
-        out = []
-        for i, is_param, name, shape, dtype in self.leaf_slots:
+        for i, kind, name in lay.nones:
             m = mods[i]
-            t = (m._parameters if is_param else m._buffers)[name]
+            d = m._parameters if kind == 0 else m._buffers if kind == 1 else m._modules
+            if d.get(name, _MISSING) is not None:
+                return None
+        for i, kind, name in lay.present:
+            m = mods[i]
+            if (m._parameters if kind == 0 else m._buffers).get(name) is None:
+                return None
+        leaves = []
+        for i, is_param, name, shape, dtype in lay.slots:
+            m = mods[i]
+            t = (m._parameters if is_param else m._buffers).get(name)
             if t is None or t.shape != shape or t.dtype != dtype:
                 return None
-            out.append(t)
-        return tuple(out)
+            leaves.append(t)
+        return mods, tuple(leaves)
 
-    def build(self, mods: list[nn.Module], q: Particle, fresh_from: set[int]) -> nn.Module:
+    def build(self, mods: list[nn.Module], q: Particle, fresh_from: set[int],
+              owned: bool = False) -> nn.Module:
+        """A new tree shaped like ``mods`` holding ``q``'s tensors, tagged with a new handle.
+
+        Leaves of ``q`` that are objects of the source tree (ids in ``fresh_from``) are copied,
+        so the result never shares per-particle storage with its source. ``owned=True`` says
+        that every other leaf of ``q`` is a fresh autograd leaf that nobody else holds (the
+        output of an operation the facade ran without autograd): such a tensor becomes an
+        ``nn.Parameter`` by a class change, as torch's own ``UninitializedParameter.
+        materialize`` does, instead of a new wrapper (``_make_subclass``) per tensor.
+        """
         s = q._schema
-        values: dict[str, torch.Tensor] = dict(s.shared)
-        for spec, t in zip(s.leaf_specs, q._leaves):
-            if id(t) in fresh_from:
-                t = t.detach().clone()
-            if spec.kind == "param" and type(t) is not nn.Parameter and (
-                    type(t) is torch.Tensor or not isinstance(t, nn.Parameter)):
-                t = _as_param(t, spec.requires_grad)
-            values[spec.key] = t
-        new = [_shallow(m) for m in mods]
-        for p, name, c in self.links:
-            new[p]._modules[name] = new[c]
-        for i, is_param, name, key in self.puts:
-            (new[i]._parameters if is_param else new[i]._buffers)[name] = values[key]
+        lay = self.layout
+        if owned and fresh_from is _NO_IDS:  # every leaf is a new operational parameter
+            values = list(q._leaves)
+            for i, (t, rg) in enumerate(zip(values, lay.grads)):
+                if type(t) is _T:
+                    t.__class__ = _P
+                    if rg:
+                        t.requires_grad_(True)
+                elif not isinstance(t, _P):  # a tensor subclass: wrap it, keep its class
+                    values[i] = nn.Parameter(t, requires_grad=rg)
+        else:
+            values = []
+            for (is_param, rg), t in zip(lay.leaf_info, q._leaves):
+                mine = owned
+                if id(t) in fresh_from:
+                    t = t.detach().clone()
+                    mine = True
+                if is_param and type(t) is not _P:
+                    if mine and type(t) is _T:
+                        t.__class__ = _P
+                        if rg:
+                            t.requires_grad_(True)
+                    else:
+                        t = (_make_subclass(_P, t, rg) if type(t) is _T
+                             else t if isinstance(t, _P) else nn.Parameter(t, requires_grad=rg))
+                values.append(t)
+        if lay.shared_keys:
+            shared = s.shared
+            values.extend(shared[k] for k in lay.shared_keys)
+        # one shallow copy per module (attributes shared, as nytorch's copy_module does), owning
+        # its parameter/buffer/child dicts, with the new tensors written straight into them
         h = ParticleHandle.__new__(ParticleHandle)
+        tags = _TAGS._data
+        untag = tags.pop
+        new, children, refs = [], [], []
+        for m, (pputs, bputs), path in zip(mods, lay.mod_puts, lay.paths):
+            src = m.__dict__
+            d = src.copy()
+            pd = d["_parameters"] = src["_parameters"].copy()
+            for name, at in pputs:
+                pd[name] = values[at]
+            if bputs:
+                bd = d["_buffers"] = src["_buffers"].copy()
+                for name, at in bputs:
+                    bd[name] = values[at]
+            else:
+                d["_buffers"] = src["_buffers"].copy()
+            children.append(src["_modules"].copy())
+            d["_modules"] = children[-1]
+            d["_non_persistent_buffers_set"] = src["_non_persistent_buffers_set"].copy()
+            n = _new_object(m.__class__)
+            _set_dict(n, "__dict__", d)
+            new.append(n)
+            ref = weakref.ref(n, untag)
+            refs.append(ref)
+            tags[ref] = (h, path)
+        for p, name, c in lay.links:
+            children[p][name] = new[c]
         h.schema, h.locked, h._root = s, False, weakref.ref(new[0])
-        for m, path in zip(new, self.paths):
-            _TAGS[m] = (h, path)
-            if "_flat_weights_names" in m.__dict__:
-                m._init_flat_weights()
-        h.plan = self.derive(new, s)
+        for i in lay.flat:
+            m = new[i]
+            m.__dict__["_flat_weights"] = list(m._flat_weights)
+            m._init_flat_weights()
+        h.plan = _Plan(s, tuple(refs), lay)
         return new[0]
 
 
 def _current(module: nn.Module, *, touch: bool = True) -> tuple[nn.Module, ParticleHandle, str, Particle]:
     """Root, handle, path and the particle its tree holds, synced (and touched to the head)."""
+    out = _current_fast(module, touch)
+    return out[:4]
+
+
+def _current_fast(module: nn.Module, touch: bool = True):
+    """:func:`_current` plus the tree's modules in plan order (for :meth:`_Plan.build`)."""
     root, h, path = _root_of(module)
     plan = h.plan
     if plan is not None and plan.schema is h.schema and (touch is False or h.schema.is_newest):
-        mods = plan.live()
-        leaves = None if mods is None else plan.leaves(mods)
-        if leaves is not None:
-            return root, h, path, Particle._make(h.schema, leaves, root.training)
+        got = plan.read()
+        if got is not None:
+            return root, h, path, Particle._make(h.schema, got[1], root.training), got[0]
     p = _sync(root, h)
     if touch:
         p = _touch_tree(root, h, p)
-    h.plan = _Plan(root, h.schema)
-    return root, h, path, p
+    h.plan = plan = _Plan.of(root, h.schema)
+    got = plan.read()
+    return root, h, path, p, None if got is None else got[0]
 
 
 def _shallow(m: nn.Module) -> nn.Module:
@@ -547,12 +730,18 @@ def _rebuild(m: nn.Module, prefix: str, objs: dict[str, torch.Tensor], h: Partic
     return new
 
 
-def _new_tree(root: nn.Module, q: Particle, source: Particle) -> nn.Module:
-    """A new module tree shaped like ``root`` (at ``q``'s version) holding ``q``'s tensors."""
+def _new_tree(root: nn.Module, q: Particle, source: Particle,
+              mods: list[nn.Module] | None = None) -> nn.Module:
+    """A new module tree shaped like ``root`` (at ``q``'s version) holding ``q``'s tensors.
+
+    ``mods``: the tree's modules as its plan read them just before (skips a second check).
+    """
     h0 = _TAGS.get(root)
     plan = None if h0 is None else h0[0].plan
     if plan is not None and plan.schema is q._schema:
-        mods = plan.live()
+        if mods is None:
+            got = plan.read()
+            mods = None if got is None else got[0]
         if mods is not None:
             return plan.build(mods, q, {id(t) for t in source._leaves})
     objs = _objects(q, fresh_from={id(t): t for t in source._leaves})
@@ -933,21 +1122,46 @@ class NytoModule(nn.Module):
         return self
 
     def _unary(self, fn: Callable[[Particle], Particle]) -> "NytoModule":
-        root, h, path, p = _current(self)
+        root, h, path, p, mods = _current_fast(self)
         with torch.no_grad():
             q = fn(p)
-        return _at(_new_tree(root, q, p), path)  # type: ignore[return-value]
+        return _at(_new_tree(root, q, p, mods), path)  # type: ignore[return-value]
 
     def _binary(self, other: Any, op: Callable, reverse: bool) -> Any:
+        # the hot path of module arithmetic: read both trees through their plans, one core
+        # operation without autograd, one build (see _Plan)
         if isinstance(other, NytoModule):
-            oroot, oh, opath, op_ = _current(other)
-            if opath != _handle_of(self)[1]:
+            root, h, path, p, mods = _current_fast(self)
+            opath, other = _current_fast(other)[2:4]
+            if opath != path:
                 raise SchemaError(f"particle operation between modules at different paths "
-                                  f"({_handle_of(self)[1]!r} and {opath!r}) of their particles")
-            other = op_
+                                  f"({path!r} and {opath!r}) of their particles")
+            if other._schema is not p._schema:  # the other was older: self is current now
+                root, h, path, p, mods = _current_fast(self)
         elif isinstance(other, (Particle, ParamProduct)):
             return NotImplemented
-        return self._unary(lambda p: op(other, p) if reverse else op(p, other))
+        else:
+            root, h, path, p, mods = _current_fast(self)
+        prev = _grad_enabled()
+        _set_grad(False)
+        try:
+            q = op(other, p) if reverse else op(p, other)
+        finally:
+            _set_grad(prev)
+        if q is NotImplemented:
+            return NotImplemented
+        plan = h.plan
+        if mods is not None and plan.schema is q._schema:
+            if q._schema.all_operational:  # every leaf is a new tensor of the operation
+                new = plan.build(mods, q, _NO_IDS, True)
+            else:
+                fresh = {id(t) for t in p._leaves}
+                if type(other) is Particle:
+                    fresh.update(id(t) for t in other._leaves)
+                new = plan.build(mods, q, fresh, True)
+        else:
+            new = _new_tree(root, q, p)
+        return new if not path else _at(new, path)  # type: ignore[return-value]
 
     def _inplace(self, other: Any, op: Callable):
         if isinstance(other, NytoModule):
@@ -981,7 +1195,7 @@ class NytoModule(nn.Module):
         h2.plan = None
         new_root = _rebuild(root, "", _objects(p), h2, {})
         for m in new_root.modules():
-            _TAGS.pop(m, None)
+            _TAGS.discard(m)
         _new_species(new_root)
         return _at(new_root, path)
 
@@ -1122,9 +1336,7 @@ class NytoModule(nn.Module):
             _dry_run(p, full, removal, lambda: _addition_event(full, value, kind, persistent))
             q = _edit.commit(p, lambda _: (removal, {}), f"replace {full}")
             q = self._add(q, full, value, kind, persistent)
-        elif existing is not None:  # a None entry: the core has no event to fill it again
-            q = self._add(p, full, value, kind, persistent)
-        else:
+        else:  # a new name, or a None entry filled again (the core's add events allow both)
             q = self._add(p, full, value, kind, persistent)
         _plain_set(self, name, value, kind, persistent)
         if kind == "module" and value is not None:

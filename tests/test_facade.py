@@ -254,3 +254,163 @@ def test_no_objects_for_the_cycle_collector():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+# --- round two: save/load, None slots filled again, the fast path's structure check ----------
+
+class Saved(nf.NytoModule):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        self.inner = Inner()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.inner.lin(self.body(x)[:, :2]).repeat(1, 2))
+
+
+def test_save_and_load_a_facade_particle_after_events(tmp_path):
+    torch.manual_seed(0)
+    net = Saved()
+    other = net.randn()
+    net.body(torch.randn(8, 3))  # BatchNorm statistics: per-particle state that must round-trip
+    net.extra = nn.Parameter(torch.ones(2))
+    net.more = Inner()
+    net.head.bias = None
+    net.apply_param_config(lambda pid, c: setattr(c, "tag", pid % 2 == 0))
+    net.set_param_config(operational=False, name="inner")
+    for module in (net, other.touch()):
+        path = tmp_path / "p.safetensors"
+        nf.save(path, module.to_particle())
+        back = nf.NytoModule.from_particle(nf.load(path))
+        x = torch.randn(5, 3)
+        assert type(back) is Saved and type(back.inner) is Inner and type(back.more) is Inner
+        assert torch.equal(back.eval()(x), module.eval()(x))
+        assert _same_tensors(back, module) and back.head.bias is None
+        assert back._version_kernel.version == module._version_kernel.version == 5
+        assert back.to_particle().config("extra") == module.to_particle().config("extra")
+        assert back.to_particle().config("inner.lin.weight").operational is False
+        # a working module of a species of its own: arithmetic, events, no tie to the source
+        doubled = back + back
+        assert torch.equal(doubled.extra, 2 * module.extra)
+        assert torch.equal(doubled.inner.lin.weight, back.inner.lin.weight)  # not operational
+        back.late = nn.Parameter(torch.zeros(1))
+        assert not hasattr(doubled, "late") and hasattr(doubled.touch(), "late")
+        with pytest.raises(nf.SpeciesMismatchError):
+            back + module
+
+
+def test_a_none_slot_can_be_filled_again_on_every_particle():
+    class Lin(nf.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(2))
+            self.bias = nn.Parameter(torch.zeros(2))
+            self.sub = nn.Linear(2, 2)
+            self.plain = nn.Linear(2, 2)
+
+    net = Lin()
+    other = net.clone()
+    net.bias = None
+    assert net.bias is None and other.touch().bias is None
+    filled = nn.Parameter(torch.full((2,), 3.0))
+    net.bias = filled
+    assert net.bias is filled  # the initiator keeps its very object
+    assert other.touch().bias is not filled and torch.equal(other.bias, filled)
+    net.sub = None
+    assert other.touch().sub is None
+    new_sub = nn.Linear(2, 3)
+    net.sub = new_sub
+    assert net.sub is new_sub and other.touch().sub is not new_sub
+    assert other.sub.weight.shape == (3, 2) and torch.equal(other.sub.weight, new_sub.weight)
+    net.plain.bias = None  # inside a plain child: an event when the facade next looks at net
+    assert net.touch().plain.bias is None and other.touch().plain.bias is None
+    net.plain.bias = nn.Parameter(torch.ones(2))
+    assert torch.equal(net.touch().plain.bias, torch.ones(2))
+    assert torch.equal(other.touch().plain.bias, torch.ones(2))
+    assert net._version_kernel is other._version_kernel and net._version_kernel.version == 6
+    total = net + other
+    assert torch.equal(total.bias, torch.full((2,), 6.0))
+    assert torch.equal(total.plain.bias, torch.full((2,), 2.0))
+
+
+@pytest.mark.parametrize("edit", [
+    "del_plain_param", "add_plain_param", "swap_plain_names", "replace_plain_child",
+    "param_shape", "param_dtype", "fill_none", "add_plain_buffer"])
+def test_edits_behind_the_facade_are_seen_by_the_next_operation(edit):
+    class M(nf.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1, bias=False))
+
+    a = M()
+    b = a.randn()
+    a + b  # plans are cached now: the next operation must still see the edit
+    before = a._version_kernel
+    lin0, lin2 = a.seq[0], a.seq[2]
+    if edit == "del_plain_param":
+        del lin0.bias
+    elif edit == "add_plain_param":
+        lin2.extra = nn.Parameter(torch.ones(1))
+    elif edit == "swap_plain_names":  # same sizes, other names
+        del lin0.bias
+        lin0.other = nn.Parameter(torch.ones(3))
+    elif edit == "replace_plain_child":
+        a.seq[1] = nn.Tanh()
+    elif edit == "param_shape":
+        lin2.weight = nn.Parameter(torch.ones(2, 3))
+    elif edit == "param_dtype":
+        lin2.weight.data = lin2.weight.data.double()
+    elif edit == "fill_none":
+        lin2.bias = nn.Parameter(torch.ones(1))
+    elif edit == "add_plain_buffer":
+        a.seq[1].register_buffer("seen", torch.zeros(1))
+    out = a + b
+    assert not before.is_newest and a._version_kernel.is_newest
+    assert out._version_kernel is a._version_kernel is b._version_kernel
+    assert [n for n, _ in out.named_parameters()] == [n for n, _ in a.named_parameters()]
+    assert [n for n, _ in b.named_buffers()] == [n for n, _ in a.named_buffers()]
+    assert type(out.seq[1]) is type(a.seq[1]) and out.seq[1] is not a.seq[1]
+
+
+def test_results_are_new_trees_that_share_no_storage_or_dicts():
+    a = Net()
+    b = a.randn()
+    a.set_param_config(operational=False, name="head")
+    for out in (a + b, 2 * a, a.clone(), -a):
+        pairs = list(zip(out.modules(), a.modules()))
+        assert all(m is not n and type(m) is type(n) for m, n in pairs)
+        assert all(m._parameters is not n._parameters and m._modules is not n._modules
+                   and m._buffers is not n._buffers for m, n in pairs)
+        for (name, t), u in zip(out.named_parameters(), a.parameters()):
+            assert type(t) is nn.Parameter and t.requires_grad and t.is_leaf
+            assert t.untyped_storage().data_ptr() != u.untyped_storage().data_ptr(), name
+        assert torch.equal(out.head.weight, a.head.weight)  # carried over, as a copy
+        assert out._particle_kernel is not a._particle_kernel
+    assert torch.equal((a + b).body[0].weight, a.body[0].weight + b.body[0].weight)
+    assert torch.equal((3 - a).body[0].bias, 3 - a.body[0].bias)
+    assert torch.equal((a ** 2).body[0].bias, a.body[0].bias ** 2)
+    a.body[0].weight.sum().backward()  # autograd still works on the source
+
+
+def test_module_cycles_are_a_typed_error_not_a_hang():
+    class A(nf.NytoModule):
+        def __init__(self, root):
+            super().__init__()
+            self.root = root
+
+    class B(nf.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.submodule = A(self)
+
+    with pytest.raises(nf.SchemaError, match="cycle"):
+        B().is_root
+
+    class Wrap(nf.NytoModule):
+        def __init__(self, submodule):
+            super().__init__()
+            self.submodule = submodule
+
+    with pytest.raises(nf.SchemaError, match="cycle"):
+        Wrap(B()).clone()
