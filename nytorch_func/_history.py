@@ -21,7 +21,8 @@ class History(list):
     def __str__(self) -> str:
         lines = [f"species {self.species_name!r}: {self.count} version(s)"]
         if self.oldest > 0:
-            lines.append(f"  (versions 0..{self.oldest - 1} freed: nothing references them)")
+            freed = "version 0" if self.oldest == 1 else f"versions 0..{self.oldest - 1}"
+            lines.append(f"  ({freed} freed: nothing references them)")
         lines += [f"  v{v} -> v{v + 1}: {text}" for v, text in self]
         return "\n".join(lines)
 
