@@ -325,15 +325,31 @@ def pso(rank: int, world: int, directory: str | None, die_before: int | None = N
         x = x.with_local(x.local + v)
         if directory:
             if die_before == gen + 1:
-                report("resume", attempt=0, died_before=gen + 1)
-                os._exit(7)  # killed before saving this step; the peer is left waiting
+                die_while_committing(gen + 1)
             x.save(directory, gen + 1, extras={"v": v})
     return x, v, start
 
 
+def die_while_committing(step: int) -> None:
+    """Make this process die inside ``save`` of ``step``: its data file is written, its
+    manifest (the commit) is not, while the peer completes its own files and waits."""
+    from nytorch_func.distributed import _checkpoint
+
+    write = _checkpoint._atomic_write
+
+    def dying(path: str, data: bytes) -> None:
+        if path.endswith(".json"):
+            report("resume", attempt=0, died_saving=step)
+            os._exit(7)
+        write(path, data)
+
+    _checkpoint._atomic_write = dying
+
+
 def resume(rank: int, world: int) -> None:
-    """Run under ``torchrun --max-restarts=1``: attempt 0 dies (rank 1, before saving step 4);
-    attempt 1 resumes from the checkpoints and must equal an uninterrupted run."""
+    """Run under ``torchrun --max-restarts=1``: in attempt 0 rank 1 dies while saving step 4
+    (rank 0 has written step 4, uncommitted elsewhere); attempt 1 resumes from step 3 and must
+    equal an uninterrupted run."""
     directory = os.environ["NFD_CKPT_DIR"]
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if attempt == 0:
@@ -344,6 +360,7 @@ def resume(rank: int, world: int) -> None:
             sys.stdout.flush()
             os._exit(5)
         raise AssertionError("the peer's death went unnoticed")
+    before = sorted(os.listdir(directory))
     x, v, start = pso(rank, world, directory)
     x_ref, v_ref, _ = pso(rank, world, None)
     same = all(torch.equal(a, b) for a, b in zip([*x.local.leaves, *v.leaves],
@@ -352,7 +369,7 @@ def resume(rank: int, world: int) -> None:
                   and nf.param_ids(x.local) == nf.param_ids(x_ref.local)
                   and describe_crc(x.local) == describe_crc(x_ref.local))
     report("resume", attempt=attempt, resumed_from=start, equal=same, same_chain=same_chain,
-           version=x.local.version, files=sorted(os.listdir(directory)))
+           version=x.local.version, before=before, after=sorted(os.listdir(directory)))
 
 
 SCENARIOS = {f.__name__: f for f in (step, skew, events, kill, stall, resume)}
