@@ -50,7 +50,8 @@ def encode_events(events: Sequence[Event], *, uid: str = "") -> bytes:
     return st_save(enc.table.tensors, metadata={_META: header})
 
 
-def decode_events(blob: bytes, *, classes: Iterable[Any] = (), uid: str | None = None) -> list[Event]:
+def decode_events(blob: bytes, *, classes: Iterable[Any] = (),
+                  uid: str | None = None) -> list[Event]:
     """The events :func:`encode_events` wrote (fresh, unbound objects).
 
     ``classes``: module classes (or module-level functions) the events may name beyond

@@ -144,8 +144,9 @@ class ShardedPopulation:
         >>> folder = tempfile.mkdtemp()
         >>> _ = sp.save(folder, step=1)
         >>> path = sp.save(folder, step=2)          # step 1 is removed once step 2 is confirmed
-        >>> import os; sorted(os.listdir(folder))
-        ['step-000000002.rank-00000-of-00001.json', 'step-000000002.rank-00000-of-00001.safetensors']
+        >>> import os; sorted(os.listdir(folder))  # doctest: +NORMALIZE_WHITESPACE
+        ['step-000000002.rank-00000-of-00001.json',
+         'step-000000002.rank-00000-of-00001.safetensors']
         """
         from ._checkpoint import save_sharded
 
