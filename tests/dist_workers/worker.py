@@ -24,7 +24,11 @@ torch.set_num_threads(1)
 
 
 def report(scenario: str, **fields) -> None:
-    print(json.dumps({"scenario": scenario, "rank": int(os.environ["RANK"]), **fields}), flush=True)
+    """One JSON line on stdout, written by one ``write`` call: ranks sharing a pipe (under
+    torchrun) cannot interleave their lines (pipe writes under 4 KiB are atomic)."""
+    line = json.dumps({"scenario": scenario, "rank": int(os.environ["RANK"]), **fields}) + "\n"
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), line.encode())
 
 
 def check(cond: bool, message: str) -> None:
