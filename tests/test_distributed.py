@@ -1,9 +1,10 @@
 """nytorch_func.distributed on real gloo process groups over 127.0.0.1.
 
-Each test starts 2 or 4 worker processes (tests/dist_workers/worker.py) with the env://
+Each test starts 2 or 3 worker processes (tests/dist_workers/worker.py) with the env://
 rendezvous torchrun uses, a free port and a bounded wait; the workers check their results
-against the single-process computation and print one JSON line per scenario. In-process tests
-cover the world of one and the pieces that need no peers.
+against the single-process computation and print one JSON line per scenario. One test runs the
+workers under torchrun itself (--max-restarts=1) to kill a rank mid-checkpoint and resume.
+In-process tests cover the world of one, the event codec and per-rank checkpoints.
 """
 
 from __future__ import annotations
