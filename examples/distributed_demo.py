@@ -3,6 +3,8 @@
     torchrun --nproc-per-node=2 examples/distributed_demo.py          # 2 processes, gloo
     python examples/distributed_demo.py                               # the same, 1 process
     torchrun --nproc-per-node=2 examples/distributed_demo.py --bench  # timing + bytes moved
+    torchrun --nproc-per-node=2 --max-restarts=3 examples/distributed_demo.py --checkpoint ckpt
+                                     # per-rank checkpoints every 10 generations; resumes
 
 Every rank draws the perturbations of its own block of the population (member i from its own
 seed, so the run does not depend on the number of processes), evaluates only that block (a vmap'd forward pass over the training set per member), and the ranks combine
@@ -44,8 +46,9 @@ def fitness(pop: nf.Particle, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def es_generation(theta: nf.Particle, gen: int, n: int, sigma: float, lr: float,
-                  x: torch.Tensor, y: torch.Tensor) -> tuple[nf.Particle, float, float]:
-    """One ES step; returns (new theta, best fitness, seconds spent evaluating)."""
+                  x: torch.Tensor, y: torch.Tensor
+                  ) -> tuple[nf.Particle, float, float, nfd.ShardedPopulation]:
+    """One ES step; returns (new theta, best fitness, seconds evaluating, this rank's noise)."""
     # Each rank draws only its own members' noise, member i from its own seed: the same
     # numbers for any number of processes, and no rank pays for the whole population.
     rank, world = nfd.init()
@@ -61,7 +64,7 @@ def es_generation(theta: nf.Particle, gen: int, n: int, sigma: float, lr: float,
     ranks = torch.argsort(torch.argsort(f_all)).float() / (n - 1) - 0.5
     step = eps.sum(eps.part(ranks))                         # all_reduce SUM, one per dtype
     theta = theta + (lr / (n * sigma)) * step
-    return theta, float(f_all.max()), t_eval
+    return theta, float(f_all.max()), t_eval, eps
 
 
 def main() -> None:
@@ -71,6 +74,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--bench", action="store_true",
                         help="time evaluation-heavy generations and count the bytes moved")
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="save per-rank checkpoints in DIR and resume from them")
+    parser.add_argument("--every", type=int, default=10, help="generations between checkpoints")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rank, world = nfd.init(timeout=60)
@@ -84,12 +90,12 @@ def main() -> None:
         gens = 6
         nfd.barrier()
         for g in range(2):  # warm-up
-            theta, _, _ = es_generation(theta, g, args.population, 0.05, 0.2, x, y)
+            theta, _, _, _ = es_generation(theta, g, args.population, 0.05, 0.2, x, y)
         nfd.barrier()
         start, t_eval = time.perf_counter(), 0.0
         with nfd.count_bytes() as traffic:
             for g in range(gens):
-                theta, _, te = es_generation(theta, g, args.population, 0.05, 0.2, x, y)
+                theta, _, te, _ = es_generation(theta, g, args.population, 0.05, 0.2, x, y)
                 t_eval += te
         nfd.barrier()
         total = time.perf_counter() - start
@@ -104,13 +110,23 @@ def main() -> None:
         nfd.shutdown()
         return
 
+    first = 0
+    ck = nfd.load_sharded(args.checkpoint) if args.checkpoint else None
+    if ck is not None:  # a restart: go on from the newest step every rank saved
+        theta, first = ck.extras["theta"], ck.step
+        rep = nfd.Replica(theta)
+        if rank == 0:
+            print(f"resumed from generation {first} (species uid {rep.uid})", flush=True)
     start = time.perf_counter()
-    for g in range(args.generations):
-        theta, best, _ = es_generation(theta, g, args.population, 0.05, 0.2, x, y)
+    for g in range(first, args.generations):
+        theta, best, _, eps = es_generation(theta, g, args.population, 0.05, 0.2, x, y)
         if rank == 0 and (g % 25 == 0 or g == args.generations - 1):
             acc = (nf.apply(theta, x_test).argmax(1) == y_test).float().mean()
             print(f"gen {g:4d}  best member loss {-best:.3f}  centre test accuracy {acc:.3f}",
                   flush=True)
+        if args.checkpoint and ((g + 1) % args.every == 0 or g + 1 == args.generations):
+            # this rank's noise block and the centre; every rank commits step g + 1 together
+            eps.save(args.checkpoint, g + 1, extras={"theta": theta})
     # Structure changes replicate too: freeze the output layer's bias on rank 0 only, sync.
     if rank == 0:
         theta = nf.configure(theta, "2.bias", operational=False)

@@ -27,7 +27,9 @@ def init(backend: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> tup
     that environment it starts a world of one process (gloo over an in-memory store), so the
     same script runs with plain ``python``. ``timeout`` bounds every collective: a peer that
     died or hangs makes the others raise :class:`RankFailureError` after at most that long
-    instead of waiting forever. Calling it again returns the existing group's place.
+    instead of waiting forever. Calling it again returns the existing group's place. Under
+    ``torchrun --max-restarts`` every restart attempt rendezvous under its own key prefix, so
+    a restarted rank never meets the addresses of the previous attempt's dead ranks.
 
     >>> import nytorch_func.distributed as nfd
     >>> nfd.init()
@@ -47,7 +49,12 @@ def init(backend: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> tup
         if backend == "nccl":
             torch.cuda.set_device(int(env.get("LOCAL_RANK", "0")))
         try:
-            dist.init_process_group(backend, init_method="env://", timeout=delta)
+            if "TORCHELASTIC_RESTART_COUNT" in env:
+                dist.init_process_group(backend, store=_attempt_store(env, delta),
+                                        rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+                                        timeout=delta)
+            else:
+                dist.init_process_group(backend, init_method="env://", timeout=delta)
         except (RuntimeError, ValueError, ConnectionError, TimeoutError) as err:
             raise DistributedError(
                 f"init: could not join the process group at {env.get('MASTER_ADDR')}:"
@@ -58,6 +65,23 @@ def init(backend: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> tup
         dist.init_process_group(backend or "gloo", store=dist.HashStore(), rank=0, world_size=1,
                                 timeout=delta)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _attempt_store(env: Any, timeout: datetime.timedelta) -> Any:
+    """The rendezvous store of this torchrun attempt, its keys prefixed by the attempt number.
+
+    ``torchrun`` keeps one TCP store for all restarts (its agent hosts it) and ``env://`` uses
+    it without a per-attempt prefix, so a restarted rank may read the address a dead rank of
+    the previous attempt published and wait for a peer that is gone (gloo: "connectFullMesh
+    failed ... Connect timeout", 3 restarts in 10 here). A prefix per attempt keeps
+    the attempts apart.
+    """
+    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world,
+                          is_master=not agent and rank == 0, timeout=timeout,
+                          multi_tenant=not agent)
+    return dist.PrefixStore(f"nytorch_func/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def shutdown() -> None:

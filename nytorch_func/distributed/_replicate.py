@@ -2,14 +2,25 @@
 
 A :class:`Replica` marks the last version all ranks agreed on (its *anchor*). Events are made
 with the ordinary event functions on one rank; :meth:`Replica.sync`, called by every rank, sends
-that rank's new events (JSON + tensor bytes in one ``uint8`` tensor, its length announced first)
-and every other rank appends them to its own chain, in order, with recipient semantics. Then
-every rank holds the same versions, the same snapshots and the same parameter ids.
+that rank's new events (the general codec's JSON + tensor bytes in one ``uint8`` tensor, its
+length announced first) and every other rank appends them to its own chain, in order, with
+recipient semantics. Then every rank holds the same versions, the same snapshots and the same
+parameter ids. Every event kind travels, ``add_module`` included.
+
+Species identity: ``Species.uid`` is random per process, so the replicated species is named by
+rank 0's uid. The constructor broadcasts it (in the same collective that checks versions) and
+the replica records it as :attr:`Replica.uid`; every sync checks that all ranks' replicas carry
+the same uid, and every event message names it. Each rank's own species keeps its own uid
+(nothing of the core is changed); ``nf.save``/``nf.load`` keep rank 0's, so a job resumed from
+per-rank checkpoints has the same replicated identity as before.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import zlib
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -21,7 +32,8 @@ from .._schema import Schema
 from .._touch import touch
 from ._errors import DistributedError, EventConflictError, StructureSkewError
 from ._eventwire import decode_events, encode_events
-from ._wire import agree, check_ctrl, ctrl_device, guarded, reduce_ctrl, require_group
+from ._wire import (agree, check_ctrl, ctrl_device, guarded, reduce_ctrl, require_group,
+                    uid_from, uid_payload)
 
 __all__ = ["Replica"]
 
@@ -44,16 +56,25 @@ class Replica:
     (1, 1, ['bias', 'scale', 'weight'])
     """
 
-    __slots__ = ("_anchor", "group", "__weakref__")
+    __slots__ = ("_anchor", "group", "uid", "classes", "__weakref__")
 
-    def __init__(self, p: Particle, *, group: Any = None) -> None:
+    def __init__(self, p: Particle, *, group: Any = None, classes: Iterable[Any] = ()) -> None:
         require_group("Replica")
         if not isinstance(p, Particle):
             raise NytorchFuncError(f"Replica: expected a Particle, got {type(p).__name__}")
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+            raise NytorchFuncError(f"Replica: classes must be a list of nn.Module classes, got "
+                                   f"{classes!r:.60}")
         p = touch(p)
-        agree(p._schema, "Replica", group)
+        # rank 0's uid rides along in the version check
+        root = dist.get_rank(group) == 0
+        got = agree(p._schema, "Replica", group, uid_payload(p._schema.species.uid, root))
         self._anchor: Schema = p._schema
         self.group = group
+        #: the replicated species' identity: rank 0's ``Species.uid``, the same on every rank
+        self.uid: str = uid_from(got, "Replica")
+        #: module classes the received events may name (see ``nf.load``'s ``classes``)
+        self.classes: tuple = tuple(classes)
 
     @property
     def anchor(self) -> Schema:
@@ -65,7 +86,8 @@ class Replica:
         return self._anchor.version
 
     def __repr__(self) -> str:
-        return f"Replica(species={self._anchor.species.name!r}, version={self.version})"
+        return (f"Replica(species={self._anchor.species.name!r}, uid={self.uid!r}, "
+                f"version={self.version})")
 
     def sync(self, p: Particle) -> Particle:
         """Replicate the events made on one rank since the last sync; ``p`` at the new head.
@@ -74,7 +96,8 @@ class Replica:
         rank raises :class:`EventConflictError`); its events are appended, in order, to every
         other rank's chain, and ``p`` (of this species) comes back touched to the new head.
         Costs one ``all_reduce`` when nothing changed, else two ``all_reduce`` and one
-        ``broadcast``.
+        ``broadcast``. Every kind of event travels (``add_module`` too: the module's class must
+        be a ``torch.nn`` class, imported on the receiving ranks, or given in ``classes``).
         """
         what = "Replica.sync"
         if not isinstance(p, Particle):
@@ -90,17 +113,23 @@ class Replica:
         blob, problem = b"", ""
         if head.version > anchor.version:
             try:
-                blob = encode_events(_events_between(anchor, head))
+                blob = encode_events(_events_between(anchor, head), uid=self.uid)
             except NytorchFuncError as err:  # told to every rank below, not raised alone
                 problem = str(err)
-        # One all_reduce(MAX): anchor version and structure, plus every rank's head version and
-        # message length (-1: could not encode) in its own slot.
-        slots = torch.full((2 * world,), -torch.inf, dtype=torch.float64)
+        # One all_reduce(MAX): anchor version and structure, the replica's uid, plus every
+        # rank's head version and message length (-1: could not encode) in its own slot.
+        crc = float(zlib.crc32(self.uid.encode()))
+        slots = torch.full((2 * world + 2,), -torch.inf, dtype=torch.float64)
         slots[rank] = head.version
         slots[world + rank] = -1 if problem else len(blob)
+        slots[2 * world:] = torch.tensor([crc, -crc], dtype=torch.float64)
         reduced = agree(anchor, what, group, slots)
+        if float(reduced[2 * world]) != -float(reduced[2 * world + 1]):
+            raise DistributedError(
+                f"{what}: the ranks' replicas name different species (this rank's: {self.uid!r});"
+                " create the Replicas of a job in the same order on every rank")
         heads = [int(v) for v in reduced[:world]]
-        lengths = [int(v) for v in reduced[world:]]
+        lengths = [int(v) for v in reduced[world: 2 * world]]
         ahead = [r for r, v in enumerate(heads) if v > anchor.version]
         if len(ahead) > 1:
             raise EventConflictError(
@@ -122,7 +151,8 @@ class Replica:
         problem = ""
         if rank != src:
             try:
-                events = decode_events(buf.cpu().numpy().tobytes())
+                events = decode_events(buf.cpu().numpy().tobytes(), classes=self.classes,
+                                       uid=self.uid)
                 _dry_run(head, events)
             except NytorchFuncError as err:
                 problem = str(err)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .._schema import Schema
 
 __all__ = ["Traffic", "count_bytes", "guarded", "agree", "reduce_ctrl", "check_ctrl", "fingerprint", "pack", "unpack", "Layout",
+           "uid_payload", "uid_from", "UID_BYTES",
            "world_of", "rank_of", "ctrl_device", "require_group"]
 
 
@@ -191,6 +192,33 @@ def agree(schema: "Schema", what: str, group: Any = None,
     ctrl, rest = reduce_ctrl(schema, what, group, payload)
     check_ctrl(schema, what, ctrl)
     return None if payload is None else rest
+
+
+# species identity -------------------------------------------------------------------------------
+
+UID_BYTES = 64  # the longest species uid the ranks can share (a uuid4 hex is 32)
+
+
+def uid_payload(uid: str, root: bool) -> torch.Tensor:
+    """MAX-payload handing the root rank's ``uid`` to every rank: its length and bytes, in slots
+    the other ranks leave at ``-inf``. Decode the reduced payload with :func:`uid_from`."""
+    t = torch.full((1 + UID_BYTES,), -torch.inf, dtype=torch.float64)
+    if root:
+        raw = uid.encode()
+        t[0] = len(raw)
+        if raw:
+            t[1: 1 + min(len(raw), UID_BYTES)] = torch.tensor(list(raw[:UID_BYTES]),
+                                                              dtype=torch.float64)
+    return t
+
+
+def uid_from(reduced: torch.Tensor, what: str) -> str:
+    """The root's uid from a reduced :func:`uid_payload` (every rank raises alike if too long)."""
+    n = int(reduced[0])
+    if n > UID_BYTES:
+        raise DistributedError(f"{what}: rank 0's species uid is {n} bytes long; at most "
+                               f"{UID_BYTES} can be shared")
+    return bytes(int(b) for b in reduced[1: 1 + n].tolist()).decode()
 
 
 # flat buffers -------------------------------------------------------------------------------------

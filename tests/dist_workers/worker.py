@@ -24,7 +24,11 @@ torch.set_num_threads(1)
 
 
 def report(scenario: str, **fields) -> None:
-    print(json.dumps({"scenario": scenario, "rank": int(os.environ["RANK"]), **fields}), flush=True)
+    """One JSON line on stdout, written by one ``write`` call: ranks sharing a pipe (under
+    torchrun) cannot interleave their lines (pipe writes under 4 KiB are atomic)."""
+    line = json.dumps({"scenario": scenario, "rank": int(os.environ["RANK"]), **fields}) + "\n"
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), line.encode())
 
 
 def check(cond: bool, message: str) -> None:
@@ -41,6 +45,31 @@ def same_everywhere(values: list[float]) -> bool:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MAX)
     return torch.equal(hi, -lo)
+
+
+class Scale(nn.Module):
+    """A module class of this script (not torch.nn): receivers find it already imported."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(n))
+        self.register_buffer("offset", torch.randn(n))
+        self.act = nn.functional.softsign  # a module-level function kept as an attribute
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x * self.gain + self.offset)
+
+
+def chain_crc(start: nf.Particle) -> int:
+    """Digest of every event from ``start``'s version to the head: kinds, paths, skeletons,
+    specs, configs and snapshot bytes (as the wire encodes them)."""
+    from nytorch_func.distributed._eventwire import encode_events
+
+    events, s = [], start.schema
+    while s._next is not None:
+        events.append(s._next[0])
+        s = s._next[1]
+    return zlib.crc32(encode_events(events))
 
 
 def net() -> nn.Module:
@@ -179,6 +208,34 @@ def events(rank: int, world: int) -> None:
     check(torch.equal(p.params["gain"], torch.ones(())), "shared param arrived")
     check(p.config("0.weight").get("mutation") == 0.1, "config attribute arrived")
 
+    # add_module replicates: a module of this script and a torch.nn one, used by the forward
+    # (a Sequential runs every child), made on the last rank
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))
+    before = nf.apply(p.eval(), x)
+    if rank == world - 1:
+        torch.manual_seed(11 + rank)  # values other ranks could not reproduce: they must travel
+        p = nf.add_module(p, "4", Scale(3))
+        p = nf.add_module(p, "5", nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)))
+    p = rep.sync(p)
+    check(p.version == 9 and type(p.schema.module_at("4")) is Scale, f"version {p.version}")
+    out = nf.apply(p.eval(), x)
+    check(out.shape == (5, 3) and not torch.equal(out, before[:, :3]), "forward uses the modules")
+    touched = [nf.touch(o) for o in others]
+    outs = [out, nf.apply(touched[0].eval(), x),
+            torch.func.vmap(nf.apply, in_dims=(0, None))(touched[1].eval(), x)]
+    check(torch.equal(outs[0], outs[1]), "a touched clone computes what the head computes")
+    pids = nf.param_ids(p)
+    check(same_everywhere([p.version, describe_crc(p), chain_crc(others[0]), len(p.species),
+                           float(sum(pids.values())), *(float(o.double().sum()) for o in outs)]),
+          "chains (versions, events, snapshots, param ids) or forwards differ across ranks")
+    for q in [p, *touched]:
+        q0 = nfd.broadcast(q, src=0)
+        check(all(torch.equal(a, b) for a, b in zip(q.leaves, q0.leaves)),
+              "touched particles with the added modules differ across ranks")
+    # the species is named by rank 0's uid on every rank; each species keeps its own uid
+    check(same_everywhere([float(zlib.crc32(rep.uid.encode()))]), "replica uids differ")
+    check((rep.uid == p.species.uid) == (rank == 0), "the replica is named by rank 0's uid")
+
     # nothing to send: one cheap check
     with nfd.count_bytes() as traffic:
         p = rep.sync(p)
@@ -237,7 +294,90 @@ def stall(rank: int, world: int) -> None:
         raise AssertionError("no RankFailureError from the collective")
 
 
-SCENARIOS = {f.__name__: f for f in (step, skew, events, kill, stall)}
+GENERATIONS = 6
+
+
+def pso(rank: int, world: int, directory: str | None, die_before: int | None = None):
+    """A sharded PSO with a structure change at generation 2 (rank 0 adds a module the forward
+    uses), checkpointed after every generation when ``directory`` is given and resumed from it.
+    Every random number is drawn per (generation, member) so a resumed run can redraw it."""
+    g = torch.Generator().manual_seed(4)
+    data, labels = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    n = 6
+    ck = nfd.load_sharded(directory) if directory else None
+    if ck is None:
+        torch.manual_seed(0)
+        base = nf.from_module(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)))
+        x = nfd.shard(nf.population(base, n, generator=torch.Generator().manual_seed(1)))
+        v, start = x.local.zeros(), 0
+    else:
+        x, v, start = ck.pop, ck.extras["v"], ck.step
+    rep = nfd.Replica(x.local)
+    if ck is not None:
+        check(rep.uid == ck.uid, "the replicated species keeps its uid across the restart")
+    for gen in range(start, GENERATIONS):
+        if gen == 2:
+            local = x.local
+            if rank == 0:
+                torch.manual_seed(5)
+                local = nf.add_module(local, "3", Scale(3))
+            x = x.with_local(rep.sync(local))
+            v = nf.touch(v)
+        best, _, _ = x.best(fitness_of(x.local, data, labels))
+        r = torch.stack([torch.rand((), generator=torch.Generator().manual_seed(100 * gen + i))
+                         for i in x.indices.tolist()])
+        v = 0.5 * v + r * (best - x.local)
+        x = x.with_local(x.local + v)
+        if directory:
+            if die_before == gen + 1:
+                die_while_committing(gen + 1)
+            x.save(directory, gen + 1, extras={"v": v})
+    return x, v, start
+
+
+def die_while_committing(step: int) -> None:
+    """Make this process die inside ``save`` of ``step``: its data file is written, its
+    manifest (the commit) is not, while the peer completes its own files and waits."""
+    from nytorch_func.distributed import _checkpoint
+
+    write = _checkpoint._atomic_write
+
+    def dying(path: str, data: bytes) -> None:
+        if path.endswith(".json"):
+            report("resume", attempt=0, died_saving=step)
+            os._exit(7)
+        write(path, data)
+
+    _checkpoint._atomic_write = dying
+
+
+def resume(rank: int, world: int) -> None:
+    """Run under ``torchrun --max-restarts=1``: in attempt 0 rank 1 dies while saving step 4
+    (rank 0 has written step 4, uncommitted elsewhere); attempt 1 resumes from step 3 and must
+    equal an uninterrupted run."""
+    directory = os.environ["NFD_CKPT_DIR"]
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0:
+        try:
+            pso(rank, world, directory, die_before=4 if rank == 1 else None)
+        except nfd.RankFailureError as err:
+            report("resume", attempt=0, error=type(err).__name__)
+            sys.stdout.flush()
+            os._exit(5)
+        raise AssertionError("the peer's death went unnoticed")
+    before = sorted(os.listdir(directory))
+    x, v, start = pso(rank, world, directory)
+    x_ref, v_ref, _ = pso(rank, world, None)
+    same = all(torch.equal(a, b) for a, b in zip([*x.local.leaves, *v.leaves],
+                                                 [*x_ref.local.leaves, *v_ref.leaves]))
+    same_chain = (x.local.version == x_ref.local.version
+                  and nf.param_ids(x.local) == nf.param_ids(x_ref.local)
+                  and describe_crc(x.local) == describe_crc(x_ref.local))
+    report("resume", attempt=attempt, resumed_from=start, equal=same, same_chain=same_chain,
+           version=x.local.version, before=before, after=sorted(os.listdir(directory)))
+
+
+SCENARIOS = {f.__name__: f for f in (step, skew, events, kill, stall, resume)}
 
 
 def main() -> None:
