@@ -75,7 +75,7 @@ def by_scenario(outs: dict[int, list[dict]], name: str) -> dict[int, dict]:
     return {r: line for r, lines in outs.items() for line in lines if line["scenario"] == name}
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_sharded_steps_replication_and_skew_match_single_process(world):
     # world 3: blocks of unequal size (4, 3, 3) and a rank that neither sends nor is rank 0
     outs, codes, err = launch(world, "step", "skew", "events", timeout=90)
