@@ -154,14 +154,27 @@ def _lift2_mixed(a: "Particle", b: "Particle", fn: Callable[[list, list], Sequen
 
 def align(a: "Particle", b: "Particle", what: str) -> tuple["Particle", "Particle"]:
     """Bring two particles of one species to the same (newest) version."""
-    if a._schema.species is not b._schema.species:
-        raise SpeciesMismatchError(
-            f"{what}: particles of different species ({a._schema.species.name!r} and "
-            f"{b._schema.species.name!r}) cannot be combined; derive both from one particle "
-            "(p.clone(), p.randn(), nf.population(p, n)) or rebuild one with nf.from_module")
+    return align_all(what, a, b)  # type: ignore[return-value]
+
+
+def align_all(what: str, *ps: "Particle") -> tuple["Particle", ...]:
+    """Bring particles of one species to one version: the newest any of them reaches.
+
+    Each is touched to the head; if another thread appended an event in between, the ones left
+    behind are touched on to the newest schema seen, so the results always share one schema.
+    """
+    species = ps[0]._schema.species
+    for q in ps[1:]:
+        if q._schema.species is not species:
+            raise SpeciesMismatchError(
+                f"{what}: particles of different species ({species.name!r} and "
+                f"{q._schema.species.name!r}) cannot be combined; derive both from one particle "
+                "(p.clone(), p.randn(), nf.population(p, n)) or rebuild one with nf.from_module")
     from ._touch import touch
 
-    return touch(a), touch(b)
+    ps = tuple(touch(q) for q in ps)
+    newest = max((q._schema for q in ps), key=lambda s: s.version)
+    return tuple(q if q._schema is newest else touch(q, to=newest) for q in ps)
 
 
 def _scalar_kind(x: Any) -> str | None:
@@ -427,9 +440,10 @@ def map_params(fn: Callable[..., torch.Tensor], p: "Particle", *others: "Particl
     _check_particle(p, "map_params")
     for o in others:
         _check_particle(o, "map_params")
+    p = touch(p)  # operations bring their operands to the newest version first
     if others:
-        p = touch(p)
-        others = tuple(align(p, o, "map_params")[1] for o in others)
+        p, *rest = align_all("map_params", p, *others)
+        others = tuple(rest)
     s = p._schema
     batch = tuple(p.batch_shape)
     if others:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .._errors import NytorchFuncError, SchemaError
-from .._ops import align
+from .._ops import align, align_all
 from .._particle import Particle
 from .._reduce import reset_value
 from .._schema import TensorSpec
@@ -212,9 +212,7 @@ def pso_velocity(velocity: Particle, position: Particle, best: Particle, global_
             raise SchemaError(f"{what}: {name} must be a number, got {c!r}")
     if max_speed is not None and (not isinstance(max_speed, (int, float)) or max_speed <= 0):
         raise SchemaError(f"{what}: max_speed must be a positive number or None, got {max_speed!r}")
-    velocity, position = align(velocity, position, what)
-    best = align(velocity, best, what)[1]
-    global_best = align(velocity, global_best, what)[1]
+    velocity, position, best, global_best = align_all(what, velocity, position, best, global_best)
     batch = _batch(what, velocity=velocity, position=position, best=best, global_best=global_best)
     if tuple(velocity.batch_shape) != batch:
         raise SchemaError(f"{what}: velocity must be a population of batch shape {batch}, got "
