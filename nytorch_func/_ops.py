@@ -141,8 +141,13 @@ def _lift2_mixed(a: "Particle", b: "Particle", fn: Callable[[list, list], Sequen
     The operational leaves broadcast inside ``torch._foreach_*``; the leaves carried over from
     ``a`` are broadcast by :func:`expand_carried`, so every leaf has the result's batch shape.
     """
-    batch = broadcast_batch(what, a.batch_shape, b.batch_shape)
     s = a._schema
+    la, lb = a._leaves, b._leaves
+    if s.all_operational and la:
+        rank = len(s.leaf_specs[0].shape)
+        if la[0].dim() == rank or lb[0].dim() == rank:  # one side is a single particle: every
+            return _Particle(s, tuple(fn(list(la), list(lb))), a._training)  # leaf broadcasts
+    batch = broadcast_batch(what, a.batch_shape, b.batch_shape)
     idx = s.op_index
     out = expand_carried(a, batch, idx)
     lb = b._leaves
