@@ -74,9 +74,24 @@ def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Calla
     if target.version < start.version:
         raise VersionError(f"touch: cannot go back from version {start.version} to version "
                            f"{target.version}; touch only moves forward (events are not undone)")
-    batch_shape = tuple(p.batch_shape)
-    leaves = dict(zip(start.leaf_keys, p._leaves))
+    # Events that only drop, rename or keep leaves (deletions, set_none, buffer policies) are
+    # index selections: compose them without building dicts; the rest migrate below.
+    sel: tuple[int, ...] = tuple(range(len(p._leaves)))
     schema = start
+    while schema is not target:
+        link = schema._next
+        if link is None:
+            break
+        step = _selection(link[0], schema, link[1])
+        if step is None:
+            break
+        sel = tuple(sel[j] for j in step)
+        schema = link[1]
+    if schema is target and fill == "snapshot":
+        kept = tuple(p._leaves[i] for i in sel)
+        return Particle._make(target, kept, p._training, None if kept else tuple(p.batch_shape))
+    batch_shape = tuple(p.batch_shape)
+    leaves = {k: p._leaves[i] for k, i in zip(schema.leaf_keys, sel)}
     while schema is not target:
         link = schema._next
         if link is None:  # pragma: no cover - a chain never forks
@@ -88,6 +103,22 @@ def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Calla
         _refill(leaves, start, target, fill)
     return Particle._make(target, tuple(leaves[k] for k in target.leaf_keys), p._training,
                           batch_shape)
+
+
+_NOT_PURE = object()  # marker: the event makes new values, it is no pure selection
+
+
+def _selection(event: object, before: Schema, after: Schema) -> "tuple[int, ...] | None":
+    """Indices into ``before``'s leaves that give ``after``'s, if ``event`` only selects."""
+    cached = getattr(event, "_selection", None)
+    if cached is None:
+        probe = event.migrate({k: i for i, k in enumerate(before.leaf_keys)}, ())  # type: ignore[attr-defined]
+        ints = [probe.get(k) for k in after.leaf_keys]
+        cached = tuple(ints) if all(type(i) is int for i in ints) else _NOT_PURE
+        object.__setattr__(event, "_selection", cached)
+    if cached is _NOT_PURE and after.leaf_keys:
+        return None
+    return cached
 
 
 def _refill(leaves: dict, start: Schema, target: Schema, fill: "str | Callable") -> None:
