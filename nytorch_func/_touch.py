@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ._errors import NytorchFuncError, VersionError
+from ._particle import Particle
 from ._schema import Schema
-
-if TYPE_CHECKING:
-    from ._particle import Particle
 
 __all__ = ["touch", "touch_tree", "resolve_target"]
 
@@ -62,8 +60,6 @@ def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Calla
     ...
     nytorch_func._errors.VersionError: touch: cannot go back from version 1 to version 0; touch only moves forward (events are not undone)
     """
-    from ._particle import Particle
-
     if not isinstance(p, Particle):
         raise NytorchFuncError(f"touch: expected a Particle, got {type(p).__name__}; for a "
                                "NytoModule call module.touch()")
@@ -76,7 +72,7 @@ def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Calla
                            f"{target.version}; touch only moves forward (events are not undone)")
     # Events that only drop, rename or keep leaves (deletions, set_none, buffer policies) are
     # index selections: compose them without building dicts; the rest migrate below.
-    sel: tuple[int, ...] = tuple(range(len(p._leaves)))
+    sel: tuple[int, ...] | None = None  # None: the identity
     schema = start
     while schema is not target:
         link = schema._next
@@ -85,10 +81,13 @@ def touch(p: "Particle", to: "None | int | Schema" = None, *, fill: "str | Calla
         step = _selection(link[0], schema, link[1])
         if step is None:
             break
-        sel = tuple(sel[j] for j in step)
+        sel = step if sel is None else tuple([sel[j] for j in step])
         schema = link[1]
+    if sel is None:
+        sel = tuple(range(len(p._leaves)))
     if schema is target and fill == "snapshot":
-        kept = tuple(p._leaves[i] for i in sel)
+        old = p._leaves
+        kept = tuple([old[i] for i in sel])
         return Particle._make(target, kept, p._training, None if kept else tuple(p.batch_shape))
     batch_shape = tuple(p.batch_shape)
     leaves = {k: p._leaves[i] for k, i in zip(schema.leaf_keys, sel)}
