@@ -247,43 +247,35 @@ def _meta_like(spec) -> torch.Tensor:
     return torch.empty(spec.shape, dtype=spec.dtype, device="meta")
 
 
+def _scan_tensors(live: dict, skel: dict, kind: str, none_event: str, del_event: str,
+                  m: nn.Module, prefix: str, objs: dict[str, torch.Tensor], removals: list,
+                  additions: list) -> None:
+    """One module's parameters (or buffers) against the skeleton's: what changed, as events."""
+    for name, t in live.items():
+        s = skel.get(name, _MISSING)
+        path = prefix + name
+        if t is None:
+            if s is not _MISSING and s is not None:
+                removals.append((none_event, path))
+        elif s is _MISSING or s is None:  # new, or filling a None slot
+            additions.append((kind, path, t, m))
+        elif t.shape != s.shape or t.dtype != s.dtype:
+            removals.append((del_event, path))
+            additions.append((kind, path, t, m))
+        else:
+            objs[path] = t
+    for name, s in skel.items():
+        if s is not None and name not in live:
+            removals.append((del_event, prefix + name))
+
+
 def _scan(h: ParticleHandle, m: nn.Module, sk: nn.Module, prefix: str,
           objs: dict[str, torch.Tensor], removals: list, additions: list) -> None:
     """Walk the tree against the skeleton: collect tensors and structural differences."""
-    for name, t in m._parameters.items():
-        s = sk._parameters.get(name, _MISSING)
-        path = prefix + name
-        if t is None:
-            if s is not _MISSING and s is not None:
-                removals.append(("set_none", path))
-        elif s is _MISSING:
-            additions.append(("param", path, t, m))
-        elif s is None:
-            additions.append(("param", path, t, m))  # fills a None slot
-        elif t.shape != s.shape or t.dtype != s.dtype:
-            removals.append(("del_param", path))
-            additions.append(("param", path, t, m))
-        else:
-            objs[path] = t
-    for name, s in sk._parameters.items():
-        if s is not None and name not in m._parameters:
-            removals.append(("del_param", prefix + name))
-    for name, t in m._buffers.items():
-        s = sk._buffers.get(name, _MISSING)
-        path = prefix + name
-        if t is None:
-            if s is not _MISSING and s is not None:
-                removals.append(("del_buffer", path))
-        elif s is _MISSING or s is None:
-            additions.append(("buffer", path, t, m))
-        elif t.shape != s.shape or t.dtype != s.dtype:
-            removals.append(("del_buffer", path))
-            additions.append(("buffer", path, t, m))
-        else:
-            objs[path] = t
-    for name, s in sk._buffers.items():
-        if s is not None and name not in m._buffers:
-            removals.append(("del_buffer", prefix + name))
+    _scan_tensors(m._parameters, sk._parameters, "param", "set_none", "del_param", m, prefix,
+                  objs, removals, additions)
+    _scan_tensors(m._buffers, sk._buffers, "buffer", "del_buffer", "del_buffer", m, prefix,
+                  objs, removals, additions)
     for name, c in m._modules.items():
         s = sk._modules.get(name, _MISSING)
         path = prefix + name
