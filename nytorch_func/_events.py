@@ -11,7 +11,7 @@ events keep only snapshots, so touching later never depends on what happened to 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn

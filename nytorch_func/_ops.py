@@ -18,7 +18,6 @@ import torch
 from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
 
 if TYPE_CHECKING:
-    from ._config import ParamConfig
     from ._particle import Particle
 
 __all__ = ["install", "map_params", "randn_like", "rand_like", "zeros_like", "full_like"]

@@ -12,7 +12,7 @@ import torch
 import torch.utils._pytree as torch_pytree
 
 from ._config import ParamConfig
-from ._errors import NytorchFuncError, SchemaError
+from ._errors import NytorchFuncError
 
 if TYPE_CHECKING:
     from ._schema import Schema

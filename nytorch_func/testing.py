@@ -36,7 +36,7 @@ from a seeded ``torch.Generator``: an example that fails prints the seed and rep
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import hypothesis.strategies as st

@@ -8,7 +8,6 @@ every handle (and every member of every population) against its model after each
 
 from __future__ import annotations
 
-import torch
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 

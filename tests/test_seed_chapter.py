@@ -5,7 +5,6 @@ Only the import line differs from the chapter; each ``>>>`` outcome of the chapt
 
 import gc
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ from torch import nn
 import nytorch_func as nf
 from nytorch_func import NytorchFuncError, ParamConfig, VersionError
 
-from helpers import assert_same_values, example_input, mlp, tied_model, unchanged, values
+from helpers import assert_same_values, example_input, mlp, tied_model, unchanged
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from .._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
 from .._particle import Particle
 from .._touch import touch
-from ._wire import agree, ctrl_device, guarded, pack, require_group, unpack
+from ._wire import agree, guarded, pack, require_group, unpack
 
 __all__ = ["ShardedPopulation", "shard", "split_sizes", "all_mean", "broadcast"]
 

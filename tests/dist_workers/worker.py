@@ -280,7 +280,7 @@ def stall(rank: int, world: int) -> None:
     start = time.monotonic()
     try:
         nfd.barrier(timeout=2)
-    except nfd.RankFailureError as err:
+    except nfd.RankFailureError:
         barrier_s = time.monotonic() - start
     else:
         raise AssertionError("no RankFailureError from the barrier")
