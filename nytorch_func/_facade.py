@@ -16,6 +16,7 @@ assignments inside ``__init__`` are plain construction.
 from __future__ import annotations
 
 import copy as _copy
+import operator
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -901,32 +902,39 @@ def _map(fn: Callable, p: Particle, *others: Particle) -> Particle:
     return map_params(call, p, *others, operational_only=False)
 
 
-def _install_product_ops() -> None:
-    import operator
-
+def install_operators(cls: type, forward: Callable, reverse: Callable,
+                      inplace: Callable | None = None) -> None:
+    """Give ``cls`` nytorch's operator set: ``__op__``, ``__rop__`` (and ``__iop__``) for
+    ``+ - * / **``, each calling ``forward/reverse/inplace(self, other, operator_function)``."""
     for name in ("add", "sub", "mul", "truediv", "pow"):
         op = getattr(operator, name)
+        kinds = [("", forward), ("r", reverse)] + ([("i", inplace)] if inplace else [])
+        for prefix, impl in kinds:
+            def dunder(self, other, _impl=impl, _op=op):
+                return _impl(self, other, _op)
 
-        def fwd(self, other, _op=op):
-            if isinstance(other, ParamProduct):
-                other = other.particle
-            elif isinstance(other, (NytoModule, Particle)):
-                return NotImplemented
-            with torch.no_grad():
-                out = _op(self.particle, other)
-            return NotImplemented if out is NotImplemented else self._new(out)
-
-        def rev(self, other, _op=op):
-            if isinstance(other, (NytoModule, Particle, ParamProduct)):
-                return NotImplemented
-            with torch.no_grad():
-                return self._new(_op(other, self.particle))
-
-        setattr(ParamProduct, f"__{name}__", fwd)
-        setattr(ParamProduct, f"__r{name}__", rev)
+            dunder.__name__ = f"__{prefix}{name}__"
+            setattr(cls, dunder.__name__, dunder)
 
 
-_install_product_ops()
+def _product_forward(self: "ParamProduct", other: Any, op: Callable) -> Any:
+    if isinstance(other, ParamProduct):
+        other = other.particle
+    elif isinstance(other, (NytoModule, Particle)):
+        return NotImplemented
+    with torch.no_grad():
+        out = op(self.particle, other)
+    return NotImplemented if out is NotImplemented else self._new(out)
+
+
+def _product_reverse(self: "ParamProduct", other: Any, op: Callable) -> Any:
+    if isinstance(other, (NytoModule, Particle, ParamProduct)):
+        return NotImplemented
+    with torch.no_grad():
+        return self._new(op(other, self.particle))
+
+
+install_operators(ParamProduct, _product_forward, _product_reverse)
 
 
 def _objs_of(root: nn.Module, h: ParticleHandle) -> dict[str, torch.Tensor]:
@@ -1433,27 +1441,7 @@ class NytoModule(nn.Module):
         return self._event(name, tensor, "buffer", persistent)
 
 
-def _install_module_ops() -> None:
-    import operator
-
-    for name in ("add", "sub", "mul", "truediv", "pow"):
-        op = getattr(operator, name)
-        iop = getattr(operator, f"i{name}")
-
-        def fwd(self, other, _op=op):
-            return self._binary(other, _op, False)
-
-        def rev(self, other, _op=op):
-            return self._binary(other, _op, True)
-
-        def inplace(self, other, _op=op):
-            return self._inplace(other, _op)
-
-        fwd.__name__, rev.__name__, inplace.__name__ = f"__{name}__", f"__r{name}__", f"__i{name}__"
-        setattr(NytoModule, f"__{name}__", fwd)
-        setattr(NytoModule, f"__r{name}__", rev)
-        setattr(NytoModule, f"__i{name}__", inplace)
-        del iop
-
-
-_install_module_ops()
+install_operators(NytoModule,
+                  lambda self, other, op: self._binary(other, op, False),
+                  lambda self, other, op: self._binary(other, op, True),
+                  lambda self, other, op: self._inplace(other, op))

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from .._errors import NytorchFuncError, SchemaError
-from .._facade import NytoModule, ParamProduct, _handle_of
+from .._facade import NytoModule, ParamProduct, _handle_of, install_operators
 
 __all__ = ["ParticleModule", "PMProduct", "GetNytoModule"]
 
@@ -78,24 +78,11 @@ class PMProduct:
         return self.clone()
 
 
-def _install_pm_ops() -> None:
-    import operator
-
-    for name in ("add", "sub", "mul", "truediv", "pow"):
-        op = getattr(operator, name)
-
-        def fwd(self, other, _op=op):
-            other = other.product if isinstance(other, PMProduct) else other
-            return self._wrap(_op(self.product, other))
-
-        def rev(self, other, _op=op):
-            return self._wrap(_op(other, self.product))
-
-        setattr(PMProduct, f"__{name}__", fwd)
-        setattr(PMProduct, f"__r{name}__", rev)
-
-
-_install_pm_ops()
+install_operators(
+    PMProduct,
+    lambda self, other, op: self._wrap(
+        op(self.product, other.product if isinstance(other, PMProduct) else other)),
+    lambda self, other, op: self._wrap(op(other, self.product)))
 
 
 class ParticleModule(nn.Module):
@@ -186,31 +173,21 @@ class ParticleModule(nn.Module):
         return self.clone()
 
 
-def _install_particle_module_ops() -> None:
-    import operator
-
-    for name in ("add", "sub", "mul", "truediv", "pow"):
-        op = getattr(operator, name)
-
-        def fwd(self, other, _op=op):
-            other = other.root_module if isinstance(other, ParticleModule) else other
-            return self._op(lambda m: _op(m, other))
-
-        def rev(self, other, _op=op):
-            return self._op(lambda m: _op(other, m))
-
-        def inplace(self, other, _op=op):
-            other = other.root_module if isinstance(other, ParticleModule) else other
-            self.root_module.product_(_op(self.root_module.product(),
-                                          other.product() if isinstance(other, NytoModule) else other))
-            return self
-
-        setattr(ParticleModule, f"__{name}__", fwd)
-        setattr(ParticleModule, f"__r{name}__", rev)
-        setattr(ParticleModule, f"__i{name}__", inplace)
+def _pm_unwrap(other: Any) -> Any:
+    return other.root_module if isinstance(other, ParticleModule) else other
 
 
-_install_particle_module_ops()
+def _pm_inplace(self: "ParticleModule", other: Any, op: Callable) -> "ParticleModule":
+    other = _pm_unwrap(other)
+    self.root_module.product_(op(self.root_module.product(),
+                                 other.product() if isinstance(other, NytoModule) else other))
+    return self
+
+
+install_operators(ParticleModule,
+                  lambda self, other, op: self._op(lambda m: op(m, _pm_unwrap(other))),
+                  lambda self, other, op: self._op(lambda m: op(other, m)),
+                  _pm_inplace)
 
 
 class GetNytoModule:
