@@ -1390,26 +1390,26 @@ class NytoModule(nn.Module):
     def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
         if not self._bound():
             return super().register_parameter(name, param)
-        if param is not None and not isinstance(param, nn.Parameter):
-            raise SchemaError(f"register_parameter: {name!r} must be an nn.Parameter or None, got "
-                              f"{type(param).__name__}")
-        existing = _kind_at(self, name)
-        if param is None and existing not in ("param", "module", "buffer"):
-            return super().register_parameter(name, None)
-        return self._event(name, param, "param" if param is not None else existing)
+        return self._register("register_parameter", name, param, nn.Parameter, "param",
+                              super().register_parameter)
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
         if not self._bound():
             if isinstance(module, nn.Module):
                 _PARENTS[module] = weakref.ref(self)
             return super().add_module(name, module)
-        if module is not None and not isinstance(module, nn.Module):
-            raise SchemaError(f"add_module: {name!r} must be an nn.Module or None, got "
-                              f"{type(module).__name__}")
+        return self._register("add_module", name, module, nn.Module, "module", super().add_module)
+
+    def _register(self, what: str, name: str, value: Any, cls: type, kind: str,
+                  plain: Callable[[str, None], None]) -> None:
+        """register_parameter/add_module on a bound module: an event, or a plain None slot."""
+        if value is not None and not isinstance(value, cls):
+            raise SchemaError(f"{what}: {name!r} must be an nn.{cls.__name__} or None, got "
+                              f"{type(value).__name__}")
         existing = _kind_at(self, name)
-        if module is None and existing not in ("param", "module", "buffer"):
-            return super().add_module(name, None)
-        return self._event(name, module, "module" if module is not None else existing)
+        if value is None and existing not in ("param", "module", "buffer"):
+            return plain(name, None)
+        return self._event(name, value, kind if value is not None else existing)
 
     register_module = add_module
 
