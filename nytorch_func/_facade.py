@@ -34,6 +34,7 @@ from ._events import (AddBuffer, AddModule, AddParam, Configure, DelBuffer, DelM
 from ._particle import Particle
 from ._schema import Schema, make_skeleton
 from ._species import Species
+from ._touch import events_between
 from ._touch import touch as _core_touch
 
 __all__ = ["NytoModule", "ParamProduct", "ParticleHandle", "MutableParamConfig"]
@@ -298,14 +299,6 @@ def _scan(h: ParticleHandle, m: nn.Module, sk: nn.Module, prefix: str,
             removals.append(("del_module", prefix + name))
 
 
-def _events_between(old: Schema, new: Schema) -> list[Event]:
-    out, s = [], old
-    while s is not new and s._next is not None:
-        event, s = s._next
-        out.append(event)
-    return out
-
-
 def _objects(q: Particle, *, fresh_from: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``{path: tensor}`` to put into a module tree for ``q`` (params wrapped once per spec).
 
@@ -427,7 +420,7 @@ def _sync(root: nn.Module, h: ParticleHandle) -> Particle:
             p = _edit.add_module(p, path, value)
             own.add(path)
             _tag_tree(value, h, path)
-    fresh = {e.path for e in _events_between(old, p._schema) if isinstance(e, AddModule)} - own
+    fresh = {e.path for e in events_between(old, p._schema) if isinstance(e, AddModule)} - own
     _write_back(root, h, p, fresh)
     return p
 
@@ -437,7 +430,7 @@ def _touch_tree(root: nn.Module, h: ParticleHandle, p: Particle) -> Particle:
         return p
     old = h.schema
     q = _core_touch(p)
-    fresh = {e.path for e in _events_between(old, q._schema) if isinstance(e, AddModule)}
+    fresh = {e.path for e in events_between(old, q._schema) if isinstance(e, AddModule)}
     _write_back(root, h, q, fresh)
     return q
 

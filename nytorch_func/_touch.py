@@ -11,7 +11,7 @@ from ._errors import NytorchFuncError, VersionError
 from ._particle import Particle
 from ._schema import Schema
 
-__all__ = ["touch", "touch_tree", "resolve_target"]
+__all__ = ["touch", "touch_tree", "resolve_target", "events_between"]
 
 
 def resolve_target(p: "Particle", to: "None | int | Schema") -> Schema:
@@ -133,6 +133,19 @@ def _refill(leaves: dict, start: Schema, target: Schema, fill: "str | Callable")
             raise VersionError(f"touch: fill returned {getattr(new, 'shape', type(new))} for "
                                f"{spec.key!r}; expected a tensor of shape {tuple(value.shape)}")
         leaves[spec.key] = new
+
+
+def events_between(start: Schema, end: Schema) -> list:
+    """The events that lead from version ``start`` to the later version ``end``, in order."""
+    events, s = [], start
+    while s is not end:
+        link = s._next
+        if link is None:
+            raise VersionError(f"version {end.version} of species {end.species.name!r} is not "
+                               f"reachable from version {start.version}")
+        events.append(link[0])
+        s = link[1]
+    return events
 
 
 def touch_tree(tree: Any, to: "None | int | Schema" = None, *,

@@ -29,8 +29,8 @@ from .._edit import commit
 from .._errors import NytorchFuncError
 from .._particle import Particle
 from .._schema import Schema
-from .._touch import touch
-from ._errors import DistributedError, EventConflictError, StructureSkewError
+from .._touch import events_between, touch
+from ._errors import DistributedError, EventConflictError
 from ._eventwire import decode_events, encode_events
 from ._wire import (agree, check_ctrl, ctrl_device, guarded, reduce_ctrl, require_group,
                     uid_from, uid_payload)
@@ -113,7 +113,7 @@ class Replica:
         blob, problem = b"", ""
         if head.version > anchor.version:
             try:
-                blob = encode_events(_events_between(anchor, head), uid=self.uid)
+                blob = encode_events(events_between(anchor, head), uid=self.uid)
             except NytorchFuncError as err:  # told to every rank below, not raised alone
                 problem = str(err)
         # One all_reduce(MAX): anchor version and structure, the replica's uid, plus every
@@ -171,18 +171,6 @@ class Replica:
         check_ctrl(p._schema, what, ctrl)
         self._anchor = p._schema
         return p
-
-
-def _events_between(start: Schema, end: Schema) -> list:
-    events, s = [], start
-    while s is not end:
-        link = s._next
-        if link is None:  # pragma: no cover - a chain never forks
-            raise StructureSkewError(f"sync: version {end.version} is not reachable from "
-                                     f"version {start.version}")
-        events.append(link[0])
-        s = link[1]
-    return events
 
 
 def _dry_run(head: Schema, events: list) -> None:
