@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._errors import NytorchFuncError, SchemaError
-from ._ops import _lift2, _per_member, _scalar_kind, align, fe_lerp
+from ._ops import _lift2, _lift2_mixed, _scalar_kind, align, broadcast_batch, fe_lerp
 from ._particle import Particle
 
 __all__ = ["lerp"]
@@ -36,10 +36,24 @@ def lerp(start: Particle, end: Particle, weight: "float | torch.Tensor") -> Part
     kind = _scalar_kind(weight)
     if kind is None:
         raise SchemaError(f"lerp: weight must be a number or a tensor, got {type(weight).__name__}")
-    if start._schema is not end._schema:
-        start, end = align(start, end, "lerp")
+    if start._schema is not end._schema or start._schema._next is not None:
+        start, end = align(start, end, "lerp")  # operations touch their operands first
+    la, lb = start._leaves, end._leaves
+    if la and la[0].shape != lb[0].shape:  # a single particle and a population: broadcast
+        def lift(a, b, fn):
+            return _lift2_mixed(a, b, fn, "lerp")
+    else:
+        lift = _lift2
     if kind == "batch":
-        return _lift2(start, end, lambda xs, ys: fe_lerp(xs, ys, _per_member(weight, xs)))
+        batch = broadcast_batch("lerp", start.batch_shape, end.batch_shape)
+        if weight.dim() > len(batch) or tuple(weight.shape) != batch[: weight.dim()]:
+            raise SchemaError(f"lerp: per-member weights must have shape {batch} (or a prefix of "
+                              f"it), got {tuple(weight.shape)}")
+        specs = start._schema.leaf_specs  # one weight per member, viewed against each leaf
+        pad = len(batch) - weight.dim()  # a prefix of the batch shape: trailing members share
+        ws = [weight.reshape(weight.shape + (1,) * (pad + len(specs[i].shape)))
+              for i in start._schema.op_index]
+        return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, ws))
     if kind == "tensor0":  # stays a tensor: differentiable, traceable, no .item() sync
-        return _lift2(start, end, lambda xs, ys: fe_lerp(xs, ys, [weight] * len(xs)))
-    return _lift2(start, end, lambda xs, ys: fe_lerp(xs, ys, float(weight)))
+        return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, [weight] * len(xs)))
+    return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, float(weight)))

@@ -3,7 +3,7 @@
 ``python -m nytorch_func.demo`` trains a population of small MLPs on scikit-learn's bundled digits
 data (no download). Every step is one vectorised Adam step for all members
 (``vmap(nf.grad(loss))`` + ``nytorch_func.optim.Adam``); every few steps a random half of the
-swarm moves toward the best member (``pop + c * (best - pop)`` with per-member coefficients).
+swarm moves toward the best member (``nf.lerp(pop, best, c)`` with per-member weights).
 Halfway, one event grows the network: a residual block is added to one particle with
 ``nf.add_module``, and the whole population and the Adam state follow with ``nf.touch`` /
 ``nf.touch_tree(fill="zeros")``. It prints a progress bar and final accuracies and saves a plot of
@@ -106,7 +106,7 @@ def run(members: int = 16, steps: int = 300, mix_every: int = 25, alpha: float =
         if (step + 1) % mix_every == 0:  # swarm move: a random half steps toward the best
             best = pop[int(losses.argmin())]
             moving = (torch.rand(members, generator=gen) < 0.5).float() * alpha
-            pop = (pop + moving * (best - pop)).detach()
+            pop = nf.lerp(pop, best, moving).detach()  # one foreach, per-member weights
         if step % 10 == 0 or step == steps - 1:
             history.append((step, accuracy(pop, x_te, y_te)))
             if progress:

@@ -47,3 +47,21 @@ def test_lerp_touches_and_refuses_other_species():
         nf.lerp(a, a, "half")
     with pytest.raises(nf.NytorchFuncError, match="two Particles"):
         nf.lerp(a, {"w": 1}, 0.5)
+
+
+def test_lerp_single_start_with_population_end_broadcasts_carried_leaves():
+    a = particle().detach()  # "2.bias" is non-operational: carried from start
+    pop = nf.population(a, 3)
+    mixed = nf.lerp(a, pop, torch.tensor([0.0, 0.5, 1.0]))
+    assert all(t.shape[:1] == (3,) for t in mixed.leaves) and mixed.batch_shape == (3,)
+    torch.testing.assert_close(mixed["2.bias"], a["2.bias"].expand(3, 2))
+    torch.testing.assert_close(mixed["0.weight"][2], pop["0.weight"][2])
+    with pytest.raises(nf.SchemaError, match="per-member weights"):
+        nf.lerp(a, pop, torch.ones(4))
+
+
+def test_lerp_touches_a_stale_pair_first():
+    a = particle()
+    b = a.randn()
+    nf.add_param(a.clone(), "gain", torch.ones(1))
+    assert nf.lerp(a, b, 0.5).schema is a.species.head
