@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from ._blend import lerp
 from ._errors import SchemaError
 from ._ops import align
 from ._particle import Particle
@@ -99,8 +100,8 @@ class Adam:
             g = g + self.weight_decay * p.detach()
         m = touch(state.m, fill="zeros")
         v = touch(state.v, fill="zeros")
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * (g * g)
+        m = lerp(m, g, 1 - b1)  # b1 * m + (1 - b1) * g in one foreach, as torch.optim.Adam does
+        v = lerp(v, g * g, 1 - b2)
         t = state.step + 1
         m_hat = m / (1 - b1 ** t)
         v_hat = v / (1 - b2 ** t)
