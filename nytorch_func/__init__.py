@@ -16,11 +16,12 @@ from ._blend import lerp
 from ._bridge import apply, apply_with_state, from_module, to_module
 from ._config import ParamConfig
 from ._edit import (add_buffer, add_module, add_param, configure, configure_buffer, del_buffer,
-                    del_module, del_param, set_none)
+                    del_module, del_param, set_none, to)
 from ._func import grad, value_and_grad
 from ._history import diff, history
-from ._io import CheckpointError, load, save
-from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, VersionError
+from ._io import load, save
+from ._errors import (ArgumentTypeError, CheckpointError, FrozenError, NytorchFuncError,
+                      SchemaError, SpeciesMismatchError, VersionError)
 from ._ops import full_like, map_params, rand_like, randn_like, zeros_like
 from ._particle import Particle
 from ._population import (VmapFallbackWarning, from_modules, population, stack, unstack,
@@ -37,13 +38,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Particle", "Schema", "Species", "ParamConfig", "TensorSpec",
     "NytorchFuncError", "SpeciesMismatchError", "VersionError", "SchemaError",
+    "ArgumentTypeError", "FrozenError", "CheckpointError",
     "from_module", "to_module", "apply", "apply_with_state",
     "lerp", "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
-    "del_module", "set_none", "touch", "touch_tree", "history", "diff", "param_ids",
+    "del_module", "set_none", "to", "touch", "touch_tree", "history", "diff", "param_ids",
     "grad", "value_and_grad",
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
     "mean", "take", "topk", "where",
-    "save", "load", "CheckpointError",
+    "save", "load",
     "NytoModule",
 ]

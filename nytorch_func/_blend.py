@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ._errors import NytorchFuncError, SchemaError
-from ._ops import _lift2, _lift2_mixed, _scalar_kind, align, broadcast_batch, fe_lerp
-from ._particle import Particle
+from ._arith import align, broadcast_batch, coefficient, fe_lerp, lift2, lift2_mixed
+from ._errors import ArgumentTypeError, SchemaError
+from ._particle import Particle, expect_particle
 
 __all__ = ["lerp"]
 
@@ -30,20 +30,21 @@ def lerp(start: Particle, end: Particle, weight: "float | torch.Tensor") -> Part
     >>> nf.lerp(pop, a, torch.tensor([0.0, 0.5, 0.5, 1.0]))["bias"].shape
     torch.Size([4, 2])
     """
-    if not isinstance(start, Particle) or not isinstance(end, Particle):
-        raise NytorchFuncError(f"lerp: expected two Particles, got {type(start).__name__} and "
-                               f"{type(end).__name__}")
-    kind = _scalar_kind(weight)
-    if kind is None:
-        raise SchemaError(f"lerp: weight must be a number or a tensor, got {type(weight).__name__}")
+    expect_particle(start, "lerp")
+    expect_particle(end, "lerp")
+    found = coefficient(start, weight, "lerp", members=False)
+    if found is None:
+        raise ArgumentTypeError(f"lerp: weight must be a number or a tensor, got "
+                                f"{type(weight).__name__}")
+    kind, weight = found
     if start._schema is not end._schema or start._schema._next is not None:
         start, end = align(start, end, "lerp")  # operations touch their operands first
     la, lb = start._leaves, end._leaves
     if la and la[0].shape != lb[0].shape:  # a single particle and a population: broadcast
         def lift(a, b, fn):
-            return _lift2_mixed(a, b, fn, "lerp")
+            return lift2_mixed(a, b, fn, "lerp")
     else:
-        lift = _lift2
+        lift = lift2
     if kind == "batch":
         batch = broadcast_batch("lerp", start.batch_shape, end.batch_shape)
         if weight.dim() > len(batch) or tuple(weight.shape) != batch[: weight.dim()]:
@@ -51,9 +52,11 @@ def lerp(start: Particle, end: Particle, weight: "float | torch.Tensor") -> Part
                               f"it), got {tuple(weight.shape)}")
         specs = start._schema.leaf_specs  # one weight per member, viewed against each leaf
         pad = len(batch) - weight.dim()  # a prefix of the batch shape: trailing members share
-        ws = [weight.reshape(weight.shape + (1,) * (pad + len(specs[i].shape)))
+        ws = [weight.to(specs[i].dtype).reshape(weight.shape + (1,) * (pad + len(specs[i].shape)))
               for i in start._schema.op_index]
         return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, ws))
     if kind == "tensor0":  # stays a tensor: differentiable, traceable, no .item() sync
-        return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, [weight] * len(xs)))
-    return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, float(weight)))
+        specs = start._schema.leaf_specs
+        ws = [weight.to(specs[i].dtype) for i in start._schema.op_index]
+        return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, ws))
+    return lift(start, end, lambda xs, ys: fe_lerp(xs, ys, weight))

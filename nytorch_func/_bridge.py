@@ -12,8 +12,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ._config import ParamConfig
-from ._errors import NytorchFuncError, SchemaError
-from ._particle import Particle
+from ._errors import SchemaError, expect
+from ._particle import Particle, expect_particle
 from ._schema import Schema, TensorSpec, computable, make_skeleton
 from ._species import Species
 
@@ -84,8 +84,7 @@ def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
     >>> p.params["0.weight"] is net[0].weight
     True
     """
-    if not isinstance(module, nn.Module):
-        raise NytorchFuncError(f"from_module: expected an nn.Module, got {type(module).__name__}")
+    expect(module, nn.Module, "from_module", "an nn.Module")
     hook = getattr(module, "__nytorch_particle__", None)
     if hook is not None:
         return hook()
@@ -176,7 +175,7 @@ def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     >>> torch.allclose(nf.apply(nf.from_module(lin), x), lin(x))
     True
     """
-    _check(p, "apply")
+    expect_particle(p, "apply")
     return _call(p, _tensors(p)[0], args, kwargs)
 
 
@@ -201,7 +200,7 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     >>> int(p2.buffers["num_batches_tracked"]), int(p.buffers["num_batches_tracked"])
     (1, 0)
     """
-    _check(p, "apply_with_state")
+    expect_particle(p, "apply_with_state")
     s = p._schema
     tensors, shared = _tensors(p)
     out = _call(p, tensors, args, kwargs)
@@ -232,7 +231,7 @@ def to_module(p: Particle, *, copy: bool = True) -> nn.Module:
     >>> m is net, all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), net.state_dict().values()))
     (False, True)
     """
-    _check(p, "to_module")
+    expect_particle(p, "to_module")
     if p.batch_shape:
         raise SchemaError(f"to_module: the particle is a population with batch shape "
                           f"{tuple(p.batch_shape)}; take one member first (pop[i]) or use "
@@ -266,7 +265,3 @@ def _skeleton_tensor(s: Schema, path: str, kind: str) -> torch.Tensor:
     return s.skeleton.get_parameter(path) if kind == "param" else s.skeleton.get_buffer(path)
 
 
-def _check(p: Any, what: str) -> None:
-    if not isinstance(p, Particle):
-        raise NytorchFuncError(f"{what}: expected a Particle (from nf.from_module), got "
-                               f"{type(p).__name__}")

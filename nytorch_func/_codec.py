@@ -29,19 +29,11 @@ import torch
 from torch import nn
 
 from ._config import ParamConfig
-from ._errors import NytorchFuncError
+from ._errors import CheckpointError, NytorchFuncError
 from ._events import Event
 from ._schema import TensorSpec
 
-__all__ = ["CheckpointError", "TensorTable", "Encoder", "Decoder", "event_classes"]
-
-
-class CheckpointError(NytorchFuncError, ValueError):
-    """A checkpoint cannot be written or read: unsupported state, or a damaged/untrusted file.
-
-    The message names what is wrong (the module and attribute that cannot be saved, the tensor
-    whose checksum failed, the class a file asks for that is not allowed, ...).
-    """
+__all__ = ["TensorTable", "Encoder", "Decoder", "event_classes"]
 
 
 # the attributes nn.Module.__init__ makes: restored by calling it, not from the file

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
-from ._errors import SchemaError
+from ._errors import ArgumentTypeError, SchemaError, frozen
 
 __all__ = ["ParamConfig"]
 
@@ -31,7 +30,7 @@ class ParamConfig:
     >>> c.operational = True
     Traceback (most recent call last):
     ...
-    dataclasses.FrozenInstanceError: ParamConfig is frozen: use config.replace(operational=...)
+    nytorch_func._errors.FrozenError: ParamConfig is immutable (cannot set 'operational'): use config.replace(operational=...)
     """
 
     __slots__ = ("operational", "clone", "_attrs", "_hash")
@@ -39,18 +38,21 @@ class ParamConfig:
     def __init__(self, operational: bool = True, clone: bool = True, **attrs: Any) -> None:
         for name, value in (("operational", operational), ("clone", clone)):
             if not isinstance(value, bool):
-                raise SchemaError(f"ParamConfig: {name} must be a bool, got {value!r}")
+                raise ArgumentTypeError(f"ParamConfig: {name} must be a bool, got {value!r}")
         for key, value in attrs.items():
             if key.startswith("_"):
                 raise SchemaError(f"ParamConfig: attribute names may not start with '_': {key!r}")
             if key in _RESERVED:
                 raise SchemaError(f"ParamConfig: attribute name {key!r} is taken by ParamConfig "
                                   f"itself (config.{key} would not return it); choose another name")
-            if not isinstance(value, Hashable):
-                raise SchemaError(
+            try:
+                hash(value)
+            except TypeError:
+                raise ArgumentTypeError(
                     f"ParamConfig: attribute {key!r} must be hashable (configs are shared, frozen "
-                    f"values), got {type(value).__name__}; use a tuple instead of a list"
-                )
+                    f"values), got {type(value).__name__} {value!r:.60}; use a tuple instead of "
+                    "a list"
+                ) from None
         object.__setattr__(self, "operational", operational)
         object.__setattr__(self, "clone", clone)
         object.__setattr__(self, "_attrs", tuple(sorted(attrs.items())))
@@ -87,11 +89,7 @@ class ParamConfig:
         return self.asdict().get(name, default)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        import dataclasses
-
-        raise dataclasses.FrozenInstanceError(
-            f"ParamConfig is frozen: use config.replace({name}=...)"
-        )
+        raise frozen("ParamConfig", name, f"use config.replace({name}=...)")
 
     def __delattr__(self, name: str) -> None:
         self.__setattr__(name, None)

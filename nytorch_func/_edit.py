@@ -12,18 +12,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ._arith import at_head
 from ._bridge import collect, default_config
 from ._config import ParamConfig
-from ._errors import NytorchFuncError, SchemaError
-from ._events import (AddBuffer, AddModule, AddParam, Configure, ConfigureBuffer, DelBuffer,
-                      DelModule, DelParam, Event, SetNone)
-from ._particle import Particle
-from ._schema import computable, make_skeleton
+from ._config_events import Configure, ConfigureBuffer
+from ._convert import Convert, converted_dtype
+from ._errors import ArgumentTypeError, NytorchFuncError, SchemaError
+from ._events import (AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam, Event,
+                      Migration, SetNone)
+from ._particle import Particle, expect_particle
+from ._schema import computable, make_skeleton, suggest
 from ._species import StaleHead
-from ._touch import touch
 
 __all__ = ["add_param", "del_param", "add_buffer", "del_buffer", "add_module", "del_module",
-           "set_none", "configure", "configure_buffer", "commit"]
+           "set_none", "configure", "configure_buffer", "to", "commit", "configure_event"]
 
 Build = Callable[[Particle], tuple[Event, dict[str, torch.Tensor]]]
 
@@ -34,23 +36,22 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
     ``build`` returns the event and the initiator's own tensors for the entries it adds (its
     role: "the object itself"), which replace the recipient-side values ``migrate`` produces.
     """
-    if not isinstance(p, Particle):
-        raise NytorchFuncError(f"{what}: expected a Particle, got {type(p).__name__}")
+    expect_particle(p, what)
     species = p._schema.species
     while True:
-        q = touch(p)
+        q = at_head(p)
         head = q._schema
         event, own = build(q)
         try:
             with species._call_lock:  # the skeleton is copied: no forward may be swapped in
-                event = event.bind(head)
                 new_schema = event.apply(head)
         except NytorchFuncError:
             raise
         except Exception as err:  # torch's own refusals (bad names, ...) become typed errors
             raise SchemaError(f"{what}: {type(err).__name__}: {err}") from err
         batch_shape = tuple(q.batch_shape)
-        leaves = event.migrate(dict(zip(head.leaf_keys, q._leaves)), batch_shape)
+        leaves = event.migrate(dict(zip(head.leaf_keys, q._leaves)),
+                               Migration(batch_shape, head, new_schema))
         if not batch_shape:
             leaves.update((k, v) for k, v in own.items() if k in leaves)
         result = Particle._make(new_schema, tuple(leaves[k] for k in new_schema.leaf_keys),
@@ -63,7 +64,10 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
 
 
 def _path(path: object, what: str) -> str:
-    if not isinstance(path, str) or not path:
+    if not isinstance(path, str):
+        raise ArgumentTypeError(f"{what}: path must be a dotted name like 'encoder.weight', got "
+                                f"{path!r} ({type(path).__name__})")
+    if not path:
         raise SchemaError(f"{what}: path must be a non-empty dotted name like 'encoder.weight', "
                           f"got {path!r}")
     return path
@@ -71,8 +75,8 @@ def _path(path: object, what: str) -> str:
 
 def _tensor(value: object, what: str, path: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise SchemaError(f"{what}: the value for {path!r} must be a torch.Tensor, got "
-                          f"{type(value).__name__}")
+        raise ArgumentTypeError(f"{what}: the value for {path!r} must be a torch.Tensor, got "
+                                f"{type(value).__name__}")
     if value.is_meta:
         raise SchemaError(f"{what}: the tensor for {path!r} is on the meta device and holds no "
                           "data; particles hold values, so create it on a real device "
@@ -106,8 +110,8 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
     """
     tensor = _tensor(tensor, "add_param", path)
     if config is not None and not isinstance(config, ParamConfig):
-        raise SchemaError(f"add_param: config for {path!r} must be a ParamConfig, got "
-                          f"{type(config).__name__}")
+        raise ArgumentTypeError(f"add_param: config for {path!r} must be a ParamConfig, got "
+                                f"{type(config).__name__}")
     cfg = config or default_config(tensor)
     if cfg.operational and not computable(tensor.dtype):
         raise _operational_int(path, tensor.dtype, "add_param")
@@ -145,7 +149,8 @@ def add_buffer(p: Particle, path: str, tensor: torch.Tensor, *, state: bool = Tr
     """
     tensor = _tensor(tensor, "add_buffer", path)
     if not isinstance(state, bool):
-        raise SchemaError(f"add_buffer: state for {path!r} must be True or False, got {state!r}")
+        raise ArgumentTypeError(f"add_buffer: state for {path!r} must be True or False, got "
+                                f"{state!r}")
     event = AddBuffer(path, tensor, state, bool(persistent))
     return commit(p, lambda q: (event, {path: tensor}), "add_buffer")
 
@@ -170,8 +175,8 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
     (True, torch.Size([3, 1]))
     """
     if not isinstance(module, nn.Module):
-        raise SchemaError(f"add_module: the value for {path!r} must be an nn.Module, got "
-                          f"{type(module).__name__}")
+        raise ArgumentTypeError(f"add_module: the value for {path!r} must be an nn.Module, got "
+                                f"{type(module).__name__}")
     hook = getattr(module, "__nytorch_module__", None)
     plain = hook() if hook is not None else module
     specs, values = collect(plain)
@@ -219,42 +224,60 @@ def configure(p: Particle, path: str = "", *, operational: bool | None = None,
     """
     for name, value in (("operational", operational), ("clone", clone)):
         if value is not None and not isinstance(value, bool):
-            raise SchemaError(f"configure {path!r}: {name} must be True, False or None, got "
-                              f"{value!r}")
+            raise ArgumentTypeError(f"configure {path!r}: {name} must be True, False or None, "
+                                    f"got {value!r}")
     if not isinstance(path, str):
-        raise SchemaError(f"configure: path must be a string ('' for all), got {path!r}")
+        raise ArgumentTypeError(f"configure: path must be a string ('' for all), got {path!r}")
     try:
         ParamConfig(**attrs)
-    except SchemaError as err:
-        raise SchemaError(f"configure {path!r}: {err}") from None
+    except (SchemaError, ArgumentTypeError) as err:
+        raise type(err)(f"configure {path!r}: {err}") from None
 
     def build(q: Particle) -> tuple[Event, dict]:
         s = q._schema
         targets = s.specs_under(path, kind="param")
         if not targets:
-            from ._schema import _suggest
-
             names = [m for m in s.module_paths() if m] + [x for t in s.params for x in t.paths]
             raise SchemaError(f"configure: no parameter at or under {path!r} in version "
-                              f"{s.version}{_suggest(path, names)}")
-        configs, to_shared = [], []
+                              f"{s.version}{suggest(path, names)}")
+        changes = []
         for spec in targets:
             new = spec.config.replace(operational=operational, clone=clone, **attrs)
             if new.operational and not computable(spec.dtype):
                 if path in spec.paths:
                     raise _operational_int(spec.key, spec.dtype, "configure")
                 new = new.replace(operational=False)  # under a prefix: floats only
-            configs.append((spec.key, new))
-            if spec.leaf and new.shared:
-                if q.batch_shape:
-                    raise SchemaError(
-                        f"configure: making {spec.key!r} shared needs one value, but the particle "
-                        f"is a population {tuple(q.batch_shape)}; configure a single particle")
-                to_shared.append((spec.key, nn.Parameter(q._leaves[s.leaf_index[spec.key]].detach(),
-                                                         requires_grad=spec.requires_grad)))
-        return Configure(path, tuple(configs), tuple(to_shared)), {}
+            changes.append((spec.key, new))
+        return configure_event(q, path, changes, "configure"), {}
 
     return commit(p, build, "configure")
+
+
+def configure_event(q: Particle, path: str, changes: list[tuple[str, ParamConfig]],
+                    what: str) -> Configure:
+    """The Configure event giving the parameters ``changes`` names (by key) their new configs.
+
+    A parameter that becomes shared (``operational=False, clone=False``) keeps ``q``'s value as
+    the species' one tensor; a shared one that becomes per-particle again gives every particle
+    a copy of a snapshot of the shared tensor.
+    """
+    s = q._schema
+    to_shared, to_leaf = [], []
+    for key, new in changes:
+        spec = s.by_key[key]
+        if spec.leaf and new.shared:
+            if q.batch_shape:
+                raise SchemaError(
+                    f"{what}: making {key!r} shared needs one value, but the particle is a "
+                    f"population {tuple(q.batch_shape)}; configure a single particle")
+            to_shared.append((key, nn.Parameter(q._leaves[s.leaf_index[key]].detach(),
+                                                requires_grad=spec.requires_grad)))
+        elif not spec.leaf and not new.shared:
+            # A snapshot, not the shared tensor itself: that tensor may still change in place
+            # (it is the old versions' shared value), and touch must not depend on when it runs.
+            shared = s.shared[key]
+            to_leaf.append((key, shared.detach().clone().requires_grad_(shared.requires_grad)))
+    return Configure(path, tuple(changes), tuple(to_shared), tuple(to_leaf))
 
 
 def configure_buffer(p: Particle, path: str, *, policy: str,
@@ -293,3 +316,51 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
         return ConfigureBuffer(path, policy, snap), {}
 
     return commit(p, build, "configure_buffer")
+
+
+def to(p: Particle, dtype: torch.dtype | None = None,
+       device: "torch.device | str | None" = None) -> Particle:
+    """Convert the whole species to ``dtype`` and/or ``device``: an event, a new version.
+
+    As ``nn.Module.to``: floating-point and complex tensors take ``dtype``, integer ones keep
+    theirs; every tensor moves to ``device``. The initiator comes back converted; every other
+    particle (and population) of the species is converted when it is touched, after every
+    earlier event, so the event snapshots of older versions arrive converted too. This is how
+    to cast a species to bfloat16 for inference: arithmetic never changes a leaf's dtype.
+
+    >>> import torch, nytorch_func as nf
+    >>> p = nf.from_module(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)))
+    >>> other = p.randn()
+    >>> half = nf.to(p, dtype=torch.bfloat16)
+    >>> half["0.weight"].dtype, half["1.num_batches_tracked"].dtype, half.version
+    (torch.bfloat16, torch.int64, 1)
+    >>> nf.touch(other)["0.weight"].dtype
+    torch.bfloat16
+    >>> nf.apply(half, torch.ones(4, 3, dtype=torch.bfloat16)).dtype
+    torch.bfloat16
+    """
+    expect_particle(p, "to")
+    if dtype is None and device is None:
+        raise ArgumentTypeError("to: give a dtype, a device or both, e.g. "
+                                "nf.to(p, dtype=torch.bfloat16)")
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            raise ArgumentTypeError(f"to: dtype must be a torch.dtype, got {type(dtype).__name__}")
+        if not (dtype.is_floating_point or dtype.is_complex):
+            raise SchemaError(f"to: dtype must be a floating point or complex dtype (as "
+                              f"nn.Module.to), got {dtype}; integer tensors keep their dtype")
+    if device is not None:
+        try:
+            device = torch.device(device)
+            torch.empty(0, device=device)
+        except (RuntimeError, TypeError) as err:
+            raise SchemaError(f"to: device {device!r} is not usable here ({err})") from None
+        if device.type == "meta":
+            raise SchemaError("to: particles hold values; the meta device holds none")
+
+    def build(q: Particle) -> tuple[Event, dict]:
+        for spec in q._schema.specs:  # refuse before anything happens (complex -> real)
+            converted_dtype(spec.dtype, dtype, spec.key)
+        return Convert(dtype, device), {}
+
+    return commit(p, build, "to")

@@ -1,16 +1,32 @@
 """Typed errors. Every error says what was wrong and what to do instead.
 
 All of them derive from :class:`NytorchFuncError`, so ``except nf.NytorchFuncError`` catches every
-refusal of this library; none of them is raised after an object was changed.
+refusal of this library; none of them is raised after an object was changed. They also derive
+from the builtin exception a Python user would expect: an argument of the wrong type is a
+``TypeError`` (:class:`ArgumentTypeError`, :class:`SpeciesMismatchError`), a wrong value a
+``ValueError`` (:class:`SchemaError`, :class:`VersionError`, :class:`CheckpointError`), and an
+assignment to a frozen object a ``dataclasses.FrozenInstanceError`` (:class:`FrozenError`).
+
+>>> import nytorch_func as nf
+>>> issubclass(nf.ArgumentTypeError, TypeError), issubclass(nf.SchemaError, ValueError)
+(True, True)
 """
 
 from __future__ import annotations
 
-__all__ = ["NytorchFuncError", "SpeciesMismatchError", "VersionError", "SchemaError"]
+import dataclasses
+from typing import Any
+
+__all__ = ["NytorchFuncError", "ArgumentTypeError", "SpeciesMismatchError", "VersionError",
+           "SchemaError", "CheckpointError", "FrozenError", "expect"]
 
 
 class NytorchFuncError(Exception):
     """Base class of every error nytorch_func raises on purpose."""
+
+
+class ArgumentTypeError(NytorchFuncError, TypeError):
+    """An argument of the wrong type (a tensor where a particle belongs, a string for a module)."""
 
 
 class SpeciesMismatchError(NytorchFuncError, TypeError):
@@ -18,7 +34,8 @@ class SpeciesMismatchError(NytorchFuncError, TypeError):
 
     Particles of one species share structure, parameter ids and configs; those of two species
     may not. Derive both operands from one particle (``p.clone()``, ``p.randn()``,
-    ``nf.population(p, n)``), or copy values across with ``nf.from_module(module_of_p)``.
+    ``nf.population(p, n)``), or put a separately built module into the species with
+    ``nf.from_module(module, like=p)``.
     """
 
 
@@ -28,3 +45,39 @@ class VersionError(NytorchFuncError, ValueError):
 
 class SchemaError(NytorchFuncError, ValueError):
     """A path, shape, dtype, device or value does not fit the particle's schema."""
+
+
+class CheckpointError(NytorchFuncError, ValueError):
+    """A checkpoint cannot be written or read: unsupported state, or a damaged/untrusted file.
+
+    The message names what is wrong (the module and attribute that cannot be saved, the tensor
+    whose checksum failed, the class a file asks for that is not allowed, ...).
+    """
+
+
+class FrozenError(NytorchFuncError, dataclasses.FrozenInstanceError):
+    """An assignment to an immutable object (Particle, Schema, TensorSpec, ParamConfig, event).
+
+    Derive a new object instead: events and arithmetic for particles, ``config.replace(...)``
+    for configs, ``dataclasses.replace`` for specs.
+    """
+
+
+def expect(value: Any, kind: type | tuple[type, ...], what: str, noun: str) -> None:
+    """Raise :class:`ArgumentTypeError` unless ``value`` is a ``kind``.
+
+    ``what`` names the public function, ``noun`` what it takes (``"a Particle (from
+    nf.from_module)"``); the message reads ``"{what}: expected {noun}, got {type}"``.
+
+    >>> expect(3, str, "demo", "a path string")
+    Traceback (most recent call last):
+    ...
+    nytorch_func._errors.ArgumentTypeError: demo: expected a path string, got int
+    """
+    if not isinstance(value, kind):
+        raise ArgumentTypeError(f"{what}: expected {noun}, got {type(value).__name__}")
+
+
+def frozen(cls_name: str, name: str, hint: str) -> FrozenError:
+    """The error an assignment to attribute ``name`` of a frozen ``cls_name`` raises."""
+    return FrozenError(f"{cls_name} is immutable (cannot set {name!r}): {hint}")

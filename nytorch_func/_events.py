@@ -1,9 +1,8 @@
 """Events: frozen records of one metadata change, mapping schema version k to version k+1.
 
 Each event knows ``apply(schema) -> schema`` (pure: builds the next version, validating
-everything first, so a failing event changes nothing) and ``migrate(leaves, batch_shape) ->
-leaves`` (the recipient side of the change: what another particle of the species gets when it
-is touched). The initiator side (an added parameter or module is *the object itself*) is
+everything first, so a failing event changes nothing) and ``migrate(leaves, m) -> leaves`` (the
+recipient side of the change: what another particle of the species gets when it is touched). The initiator side (an added parameter or module is *the object itself*) is
 realised by the public event functions in ``_edit.py``, which hold the initiator's objects;
 events keep only snapshots, so touching later never depends on what happened to the initiator.
 """
@@ -11,45 +10,50 @@ events keep only snapshots, so touching later never depends on what happened to 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from ._config import ParamConfig
-from ._errors import SchemaError
-from ._schema import Schema, TensorSpec, copy_path, split_path, to_meta
+from ._errors import SchemaError, frozen
+from ._schema import Schema, TensorSpec, computable, copy_path, split_path, suggest, to_meta
 
-__all__ = ["Event", "AddParam", "DelParam", "AddBuffer", "DelBuffer", "AddModule", "DelModule",
-           "SetNone", "Configure", "ConfigureBuffer", "ResetSpec", "BUFFER_POLICIES"]
-
-BUFFER_POLICIES = ("keep", "mean", "reset")
+__all__ = ["Event", "Migration", "AddParam", "DelParam", "AddBuffer", "DelBuffer", "AddModule",
+           "DelModule", "SetNone", "broadcast", "recipient_copy",
+           "drop_paths", "select_by_path", "module_paths_gone", "record"]
 
 Leaves = dict[str, torch.Tensor]
+
+
+class Migration(NamedTuple):
+    """What an event's ``migrate`` knows besides the leaves: where the particle goes.
+
+    ``batch_shape``: the particle's batch dimensions (``()`` for one model). ``before`` and
+    ``after``: the versions the event leads from and to. ``fill``: what entries that did not
+    exist before start as, for events that map a recipient's own values (growth): ``"snapshot"``
+    (the event's rule) or ``"zeros"`` (training state that mirrors a particle).
+    """
+
+    batch_shape: tuple[int, ...]
+    before: Schema
+    after: Schema
+    fill: "str | Callable" = "snapshot"
 
 
 def broadcast(t: torch.Tensor, batch_shape: tuple[int, ...], *, copy: bool) -> torch.Tensor:
     """``t`` for a particle with ``batch_shape``: cloned (``copy``) or viewed along batch dims."""
     if batch_shape:
         t = t.expand(*batch_shape, *t.shape)
-        return t.clone() if copy else t
     return t.clone() if copy else t
 
 
-def fresh_copy(t: torch.Tensor, batch_shape: tuple[int, ...], requires_grad: bool) -> torch.Tensor:
+def recipient_copy(t: torch.Tensor, batch_shape: tuple[int, ...],
+                   requires_grad: bool) -> torch.Tensor:
+    """What a recipient gets of a snapshot: its own detached copy, broadcast to its batch."""
     out = broadcast(t.detach(), batch_shape, copy=True)
-    return out.requires_grad_(True) if requires_grad and out.is_floating_point() else out
-
-
-def _next_schema(schema: Schema, *, skeleton: nn.Module | None = None,
-                 specs: tuple[TensorSpec, ...] | None = None,
-                 shared: dict[str, torch.Tensor] | None = None,
-                 next_pid: int | None = None) -> Schema:
-    return Schema(schema.species, schema.version + 1,
-                  schema.skeleton if skeleton is None else skeleton,
-                  schema.specs if specs is None else specs,
-                  schema.shared if shared is None else shared,
-                  schema.next_pid if next_pid is None else next_pid)
+    return out.requires_grad_(True) if requires_grad and computable(out.dtype) else out
 
 
 _SLOTS = {"param": "_parameters", "buffer": "_buffers", "module": "_modules"}
@@ -82,58 +86,89 @@ def _check_free(schema: Schema, path: str, what: str,
     return parent_path, name, parent
 
 
-# removal shared by delete / set-None ------------------------------------------------------------
+def drop_paths(schema: Schema, gone: set[str]
+               ) -> tuple[set[str], dict[str, TensorSpec], dict[str, torch.Tensor]]:
+    """Remove the paths ``gone``: ``(keys dropped, {old key: renamed spec}, shared tensors)``.
 
-def _drop_paths(schema: Schema, gone: set[str]) -> tuple[tuple[TensorSpec, ...], dict, dict[str, str | None]]:
-    """Specs and shared tensors without ``gone`` paths, plus ``{old_key: new_key or None}``."""
-    specs, shared, moves = [], dict(schema.shared), {}
-    for spec in schema.specs:
+    A tied tensor that keeps another path stays, under its first remaining path.
+    """
+    drop: set[str] = set()
+    replace: dict[str, TensorSpec] = {}
+    shared = schema.shared
+    affected = {schema.by_path[p].key: schema.by_path[p] for p in gone if p in schema.by_path}
+    if any(spec.key in shared for spec in affected.values()):
+        shared = dict(shared)
+    for key, spec in affected.items():
         keep = tuple(p for p in spec.paths if p not in gone)
-        if keep == spec.paths:
-            specs.append(spec)
-            continue
         if not keep:
-            moves[spec.key] = None
-            shared.pop(spec.key, None)
+            drop.add(key)
+            if key in shared:
+                del shared[key]  # type: ignore[attr-defined]
             continue
-        specs.append(dataclasses.replace(spec, key=keep[0], paths=keep))
-        moves[spec.key] = keep[0]
-        if spec.key in shared:
-            shared[keep[0]] = shared.pop(spec.key)
-    return tuple(specs), shared, moves
+        replace[key] = dataclasses.replace(spec, key=keep[0], paths=keep)
+        if key in shared:
+            shared[keep[0]] = shared.pop(key)  # type: ignore[attr-defined]
+    return drop, replace, shared
 
 
-def _apply_moves(leaves: Leaves, moves: dict[str, str | None]) -> Leaves:
-    out = dict(leaves)
-    for old, new in moves.items():
-        if old in out:
-            value = out.pop(old)
-            if new is not None:
-                out[new] = value
-    return out
+def select_by_path(before: Schema, after: Schema) -> tuple[int, ...]:
+    """Indices into ``before``'s leaves that give ``after``'s, matching each leaf by a path.
+
+    For events that only drop, keep or rename leaves: every leaf of ``after`` is a leaf of
+    ``before`` reachable by its first path.
+    """
+    index, by_path = before.leaf_index, before.by_path
+    return tuple(index[by_path[s.key].key] for s in after.leaf_specs)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+def record(cls: type) -> type:
+    """Make ``cls`` a frozen dataclass whose assignments raise :class:`FrozenError`."""
+    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+    cls.__setattr__ = _frozen_setattr
+    cls.__delattr__ = _frozen_delattr
+    return cls
+
+
+def _frozen_setattr(self: object, name: str, value: object) -> None:
+    raise frozen(type(self).__name__, name, "events are records; make a new event instead")
+
+
+def _frozen_delattr(self: object, name: str) -> None:
+    _frozen_setattr(self, name, None)
+
+
+@record
 class Event:
-    """Base class of the metadata events."""
+    """Base class of the metadata events: frozen records, the same for every particle.
+
+    ``apply(schema)`` builds the next version (validating first: a refused event changes
+    nothing). ``migrate(leaves, m)`` gives a recipient's leaves at the next version from its
+    leaves at this one (``m`` is a :class:`Migration`). ``selection(before, after)`` says, for
+    events that only drop, keep or rename leaves, which of the old leaves make the new ones, so
+    touch composes them as index selections (``None``: the event makes new values). Events never
+    change after construction: everything ``migrate`` needs is a field or comes from ``m``.
+    """
 
     kind: ClassVar[str] = "event"
 
     def apply(self, schema: Schema) -> Schema:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:  # pragma: no cover
-        raise NotImplementedError
+    def selection(self, before: Schema, after: Schema) -> tuple[int, ...] | None:
+        return None
+
+    def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
+        sel = self.selection(m.before, m.after)
+        if sel is None:  # pragma: no cover - every event that makes values overrides migrate
+            raise NotImplementedError(f"{type(self).__name__}.migrate")
+        keys = m.before.leaf_keys
+        return {k: leaves[keys[i]] for k, i in zip(m.after.leaf_keys, sel)}
 
     def describe(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def bind(self, schema: Schema) -> "Event":
-        """Record what ``migrate`` needs to know of the version this event follows."""
-        return self
 
-
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class AddParam(Event):
     """Add a parameter: initiator keeps its object, recipients get a clone of the snapshot."""
 
@@ -148,24 +183,28 @@ class AddParam(Event):
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         parent.register_parameter(name, nn.Parameter(to_meta(self.snapshot),
                                                      requires_grad=self.requires_grad))
-        spec = dataclasses.replace(TensorSpec.of(self.path, "param", self.snapshot, pid=schema.next_pid,
-                                                 config=self.config), requires_grad=self.requires_grad)
-        shared = dict(schema.shared)
+        spec = TensorSpec(key=self.path, kind="param", paths=(self.path,),
+                          shape=tuple(self.snapshot.shape), dtype=self.snapshot.dtype,
+                          device=self.snapshot.device, requires_grad=self.requires_grad,
+                          pid=schema.next_pid, config=self.config)
+        shared = None
         if self.config.shared:
-            shared[self.path] = nn.Parameter(self.snapshot, requires_grad=self.requires_grad)
-        return _next_schema(schema, skeleton=skeleton, specs=schema.specs + (spec,),
-                            shared=shared, next_pid=schema.next_pid + 1)
+            shared = {**schema.shared,
+                      self.path: nn.Parameter(self.snapshot, requires_grad=self.requires_grad)}
+        return schema.derive(skeleton=skeleton, add=(spec,), shared=shared,
+                             next_pid=schema.next_pid + 1)
 
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
+    def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
         if self.config.shared:
             return leaves
-        return {**leaves, self.path: fresh_copy(self.snapshot, batch_shape, self.requires_grad)}
+        return {**leaves, self.path: recipient_copy(self.snapshot, m.batch_shape,
+                                                     self.requires_grad)}
 
     def describe(self) -> str:
         return f"add_param {self.path} {_shape(self.snapshot)} {self.config}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class AddBuffer(Event):
     """Add a buffer: initiator and recipients hold the same tensor object (the seed's rule)."""
 
@@ -181,30 +220,25 @@ class AddBuffer(Event):
         parent.register_buffer(name, to_meta(self.tensor), persistent=self.persistent)
         spec = TensorSpec.of(self.path, "buffer", self.tensor, state=self.state,
                              persistent=self.persistent)
-        shared = dict(schema.shared)
-        if not self.state:
-            shared[self.path] = self.tensor
-        return _next_schema(schema, skeleton=skeleton, specs=schema.specs + (spec,), shared=shared)
+        shared = None if self.state else {**schema.shared, self.path: self.tensor}
+        return schema.derive(skeleton=skeleton, add=(spec,), shared=shared)
 
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
+    def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
         if not self.state:
             return leaves
-        return {**leaves, self.path: broadcast(self.tensor, batch_shape, copy=False)}
+        return {**leaves, self.path: broadcast(self.tensor, m.batch_shape, copy=False)}
 
     def describe(self) -> str:
         how = "state" if self.state else "shared"
         return f"add_buffer {self.path} {_shape(self.tensor)} {how}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class _Removal(Event):
     path: str
 
-    def _target(self, schema: Schema) -> tuple[str, nn.Module]:
-        raise NotImplementedError
-
     def _edit(self, parent: nn.Module, name: str) -> None:
-        raise NotImplementedError
+        delattr(parent, name)
 
     def _gone(self, schema: Schema) -> set[str]:
         raise NotImplementedError
@@ -214,20 +248,15 @@ class _Removal(Event):
         parent_path, name = split_path(self.path)
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         self._edit(parent, name)
-        specs, shared, _ = _drop_paths(schema, gone)
-        return _next_schema(schema, skeleton=skeleton, specs=specs, shared=shared)
+        drop, replace, shared = drop_paths(schema, gone)
+        return schema.derive(skeleton=skeleton, drop=drop, replace=replace,
+                             shared=None if shared is schema.shared else shared)
 
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
-        return _apply_moves(leaves, self._moves)
-
-    def bind(self, schema: Schema) -> "_Removal":
-        """Record the key moves of this removal (computed against the version it applies to)."""
-        _, _, moves = _drop_paths(schema, self._gone(schema))
-        object.__setattr__(self, "_moves", moves)
-        return self
+    def selection(self, before: Schema, after: Schema) -> tuple[int, ...]:
+        return select_by_path(before, after)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class DelParam(_Removal):
     kind: ClassVar[str] = "del_param"
 
@@ -235,14 +264,11 @@ class DelParam(_Removal):
         schema.spec(self.path, kind="param", what="del_param")
         return {self.path}
 
-    def _edit(self, parent: nn.Module, name: str) -> None:
-        delattr(parent, name)
-
     def describe(self) -> str:
         return f"del_param {self.path}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class DelBuffer(_Removal):
     kind: ClassVar[str] = "del_buffer"
 
@@ -250,41 +276,34 @@ class DelBuffer(_Removal):
         schema.spec(self.path, kind="buffer", what="del_buffer")
         return {self.path}
 
-    def _edit(self, parent: nn.Module, name: str) -> None:
-        delattr(parent, name)
-
     def describe(self) -> str:
         return f"del_buffer {self.path}"
 
 
-def _module_paths_gone(schema: Schema, path: str, what: str) -> set[str]:
+def module_paths_gone(schema: Schema, path: str, what: str) -> set[str]:
+    """Every tensor path under the submodule at ``path`` (a SchemaError if there is none)."""
     parent_path, name = split_path(path)
     parent = schema.module_at(parent_path)
     if parent is None or parent._modules.get(name) is None:
         known = [m for m in schema.module_paths() if m]
-        from ._schema import _suggest
-
         raise SchemaError(f"{what}: no submodule at path {path!r} in version "
-                          f"{schema.version}{_suggest(path, known)}")
+                          f"{schema.version}{suggest(path, known)}")
     prefix = path + "."
-    return {p for s in schema.specs for p in s.paths if p.startswith(prefix)}
+    return {p for p in schema.by_path if p.startswith(prefix)}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class DelModule(_Removal):
     kind: ClassVar[str] = "del_module"
 
     def _gone(self, schema: Schema) -> set[str]:
-        return _module_paths_gone(schema, self.path, "del_module")
-
-    def _edit(self, parent: nn.Module, name: str) -> None:
-        delattr(parent, name)
+        return module_paths_gone(schema, self.path, "del_module")
 
     def describe(self) -> str:
         return f"del_module {self.path}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class SetNone(_Removal):
     """Set a parameter or submodule to ``None`` (e.g. drop a Linear's bias)."""
 
@@ -296,7 +315,7 @@ class SetNone(_Removal):
             if spec.kind != "param":
                 raise SchemaError(f"set_none: {self.path!r} is a buffer; use nf.del_buffer")
             return {self.path}
-        return _module_paths_gone(schema, self.path, "set_none")
+        return module_paths_gone(schema, self.path, "set_none")
 
     def _edit(self, parent: nn.Module, name: str) -> None:
         if name in parent._parameters:
@@ -308,7 +327,7 @@ class SetNone(_Removal):
         return f"set_none {self.path}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@record
 class AddModule(Event):
     """Add a submodule: recipients get clones of the snapshot of its tensors."""
 
@@ -322,133 +341,33 @@ class AddModule(Event):
         parent_path, name, _ = _check_free(schema, self.path, "add_module", "module")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
         parent.add_module(name, self.skeleton)
-        new_specs, shared = [], dict(schema.shared)
+        new_specs, shared = [], None
         for spec, value in zip(self.specs, self.values):
             spec = self._absolute(spec, schema.next_pid)
             new_specs.append(spec)
             if not spec.leaf:
+                shared = dict(schema.shared) if shared is None else shared
                 shared[spec.key] = value
         n_params = sum(s.is_param for s in self.specs)
-        return _next_schema(schema, skeleton=skeleton, specs=schema.specs + tuple(new_specs),
-                            shared=shared, next_pid=schema.next_pid + n_params)
+        return schema.derive(skeleton=skeleton, add=tuple(new_specs), shared=shared,
+                             next_pid=schema.next_pid + n_params)
 
     def _absolute(self, spec: TensorSpec, base_pid: int) -> TensorSpec:
         paths = tuple(f"{self.path}.{p}" for p in spec.paths)
         pid = None if spec.pid is None else base_pid + spec.pid
         return dataclasses.replace(spec, key=paths[0], paths=paths, pid=pid)
 
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
+    def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
         out = dict(leaves)
         for spec, value in zip(self.specs, self.values):
             if spec.leaf:
-                out[f"{self.path}.{spec.key}"] = fresh_copy(value, batch_shape, spec.requires_grad)
+                out[f"{self.path}.{spec.key}"] = recipient_copy(value, m.batch_shape,
+                                                                spec.requires_grad)
         return out
 
     def describe(self) -> str:
         n = sum(s.is_param for s in self.specs)
         return f"add_module {self.path} ({type(self.skeleton).__name__}, {n} params)"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Configure(Event):
-    """Change the configs of the parameters under a path (operational, clone, attributes)."""
-
-    path: str
-    configs: tuple[tuple[str, ParamConfig], ...]  # key -> new config
-    to_shared: tuple[tuple[str, torch.Tensor], ...] = ()  # leaf -> shared: initiator snapshots
-    kind: ClassVar[str] = "configure"
-
-    def apply(self, schema: Schema) -> Schema:
-        new = dict(self.configs)
-        shared = dict(schema.shared)
-        to_shared = dict(self.to_shared)
-        specs = []
-        for spec in schema.specs:
-            if spec.key in new:
-                before, spec = spec, dataclasses.replace(spec, config=new[spec.key])
-                if before.leaf and not spec.leaf:
-                    shared[spec.key] = to_shared[spec.key]
-            specs.append(spec)
-        return _next_schema(schema, specs=tuple(specs), shared=shared)
-
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
-        out = dict(leaves)
-        for key, _ in self.to_shared:
-            out.pop(key, None)
-        for key, value in self._to_leaf:
-            out[key] = fresh_copy(value, batch_shape, value.requires_grad)
-        return out
-
-    def bind(self, schema: Schema) -> "Configure":
-        """Record which shared parameters become per-particle, with a snapshot of their value.
-
-        A snapshot, not the shared tensor itself: that tensor may still change in place after
-        the event (it is the old versions' shared value), and touch must not depend on when it
-        runs.
-        """
-        new = dict(self.configs)
-        to_leaf = tuple((s.key, _snapshot(schema.shared[s.key])) for s in schema.specs
-                        if s.key in new and not s.leaf and not new[s.key].shared)
-        object.__setattr__(self, "_to_leaf", to_leaf)
-        return self
-
-    def describe(self) -> str:
-        changed = ", ".join(f"{k}: {c}" for k, c in self.configs)
-        return f"configure {self.path or '<all>'} -> {changed}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResetSpec(TensorSpec):
-    """The spec of a buffer with policy ``"reset"``: it also carries the value to reset to."""
-
-    reset: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ConfigureBuffer(Event):
-    """Change what reductions over particles (``nf.mean``, soups, crossover) do with a buffer.
-
-    ``policy``: ``"keep"`` takes the first operand's value, ``"mean"`` averages floating-point
-    values, ``"reset"`` gives ``value``, the snapshot recorded when the policy was set (the
-    buffer's spec then becomes a :class:`ResetSpec` carrying it, so every later version has it).
-    Leaves are untouched: only the schema changes.
-    """
-
-    path: str
-    policy: str
-    value: torch.Tensor | None = None  # "reset" only: the value reductions give the buffer
-    kind: ClassVar[str] = "configure_buffer"
-
-    def apply(self, schema: Schema) -> Schema:
-        spec = schema.spec(self.path, kind="buffer", what="configure_buffer")
-        if self.policy not in BUFFER_POLICIES:
-            raise SchemaError(f"configure_buffer: policy for {self.path!r} must be one of "
-                              f"{BUFFER_POLICIES}, got {self.policy!r}")
-        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TensorSpec)}
-        fields["policy"] = self.policy
-        if self.policy == "reset":
-            v = self.value
-            if not isinstance(v, torch.Tensor) or tuple(v.shape) != spec.shape or v.dtype != spec.dtype:
-                raise SchemaError(
-                    f"configure_buffer: policy 'reset' needs a value for {self.path!r} of shape "
-                    f"{spec.shape} and dtype {spec.dtype}, got "
-                    f"{_shape(v) if isinstance(v, torch.Tensor) else type(v).__name__}")
-            new_spec: TensorSpec = ResetSpec(**fields, reset=v)
-        else:
-            new_spec = TensorSpec(**fields)
-        specs = tuple(new_spec if s is spec else s for s in schema.specs)
-        return _next_schema(schema, specs=specs)
-
-    def migrate(self, leaves: Leaves, batch_shape: tuple[int, ...] = ()) -> Leaves:
-        return leaves
-
-    def describe(self) -> str:
-        return f"configure_buffer {self.path} policy={self.policy}"
-
-
-def _snapshot(t: torch.Tensor) -> torch.Tensor:
-    """A detached copy of ``t`` that keeps its requires_grad flag (fresh_copy reads it)."""
-    return t.detach().clone().requires_grad_(t.requires_grad)
 
 
 def _shape(t: torch.Tensor) -> str:

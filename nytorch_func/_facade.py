@@ -29,12 +29,11 @@ from . import _edit
 from ._bridge import collect, to_module
 from ._config import ParamConfig as _CoreConfig
 from ._errors import NytorchFuncError, SchemaError, VersionError
-from ._events import (AddBuffer, AddModule, AddParam, Configure, DelBuffer, DelModule, DelParam,
-                      Event)
+from ._events import AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam, Event
 from ._particle import Particle
 from ._schema import Schema, make_skeleton
 from ._species import Species
-from ._touch import events_between
+from ._migrate import events_between
 from ._touch import touch as _core_touch
 
 __all__ = ["NytoModule", "ParamProduct", "ParticleHandle", "MutableParamConfig"]
@@ -970,8 +969,8 @@ def _dry_run(p: Particle, path: str, removal: Event, addition: Callable[[], Even
     """Check that ``removal`` then ``addition()`` apply to the head, without linking anything."""
     head = p._schema
     try:
-        after = removal.bind(head).apply(head)
-        addition().bind(after).apply(after)
+        after = removal.apply(head)
+        addition().apply(after)
     except NytorchFuncError:
         raise
     except Exception as err:  # noqa: BLE001
@@ -1102,7 +1101,7 @@ class NytoModule(nn.Module):
         if not isinstance(q, Particle):
             raise NytorchFuncError(f"product_: expected a ParamProduct, got {type(product).__name__}")
         if q._schema is not p._schema:
-            from ._ops import align
+            from ._arith import align
 
             _, q = align(p, q, "product_")
         objs = _objs_of(root, h)
@@ -1248,15 +1247,8 @@ class NytoModule(nn.Module):
         where = (path + "." + name if path else name) if name else path
 
         def build(q: Particle) -> tuple[Event, dict]:
-            s = q._schema
-            to_shared = []
-            for spec, new in changed:
-                cur = s.by_key[spec.key]
-                if cur.leaf and new.shared:
-                    to_shared.append((cur.key, nn.Parameter(q._leaves[s.leaf_index[cur.key]].detach(),
-                                                            requires_grad=cur.requires_grad)))
-            return Configure(where, tuple((spec.key, new) for spec, new in changed),
-                             tuple(to_shared)), {}
+            changes = [(spec.key, new) for spec, new in changed]
+            return _edit.configure_event(q, where, changes, "apply_param_config"), {}
 
         q = _edit.commit(p, build, "apply_param_config")
         _write_back(root, h, q)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ._errors import NytorchFuncError
+from ._errors import ArgumentTypeError
 from ._particle import Particle
 
 __all__ = ["grad", "value_and_grad"]
@@ -47,8 +47,8 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
     def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         for n in nums:
             if n >= len(args):
-                raise NytorchFuncError(f"grad: argnums {n} but only {len(args)} positional "
-                                       "arguments were given")
+                raise ArgumentTypeError(f"grad: argnums {n} but only {len(args)} positional "
+                                        "arguments were given")
         slots = {n: _param_slots(args[n]) for n in nums if isinstance(args[n], Particle)}
         diff = tuple([args[n]._leaves[i] for i in slots[n]] if n in slots else args[n]
                      for n in nums)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._errors import NytorchFuncError
+from ._errors import expect
 from ._schema import Schema
 from ._species import Species
 
@@ -39,9 +39,7 @@ def history(species: Species) -> History:
     species 'Linear#...': 2 version(s)
       v0 -> v1: set_none bias
     """
-    if not isinstance(species, Species):
-        raise NytorchFuncError(f"history: expected a Species (p.species), got "
-                               f"{type(species).__name__}")
+    expect(species, Species, "history", "a Species (p.species)")
     live = species.live_versions()
     rows = [(s.version, s.event.describe()) for s in live if s.event is not None]
     return History(species, rows, live[0].version if live else len(species))
@@ -58,8 +56,7 @@ def diff(a: Schema, b: Schema) -> str:
     ~ param weight: ParamConfig(operational=True, clone=True) -> ParamConfig(operational=False, clone=True)
     """
     for s in (a, b):
-        if not isinstance(s, Schema):
-            raise NytorchFuncError(f"diff: expected two Schemas (p.schema), got {type(s).__name__}")
+        expect(s, Schema, "diff", "two Schemas (p.schema)")
     lines = []
     old = {_ident(s): s for s in a.specs}
     new = {_ident(s): s for s in b.specs}

@@ -33,7 +33,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._codec import CheckpointError, Decoder, Encoder, decoding
+from ._codec import Decoder, Encoder, decoding
+from ._errors import CheckpointError
 from ._particle import Particle
 from ._schema import Schema
 from ._species import Species
@@ -124,7 +125,7 @@ def _encode_species(enc: Encoder, sp: Species, base: Schema, index: int) -> dict
     events = []
     schema = base
     while schema._next is not None:
-        event, schema = schema._next
+        event, schema = schema._next.event, schema._next.schema
         events.append(enc.event(event, f"{where} event v{schema.version - 1}->v{schema.version}"))
     name = sp.name.rpartition("#")[0] or sp.name
     return {
@@ -220,7 +221,7 @@ def load(path: str | os.PathLike, *, classes: Iterable[Any] = ()) -> Any:
     >>> nf.load(path)
     Traceback (most recent call last):
     ...
-    nytorch_func._codec.CheckpointError: load: checksum mismatch for tensor ...
+    nytorch_func._errors.CheckpointError: load: checksum mismatch for tensor ...
     """
     source = _path(path, "load")
     allowed = _classes(classes)
@@ -295,7 +296,7 @@ def _decode_species(dec: Decoder, rec: dict) -> dict[int, Schema]:
     species._register(schema)
     chain = {version: schema}
     for raw in rec["events"]:
-        event = dec.event(raw).bind(schema)
+        event = dec.event(raw)
         new = event.apply(schema)
         species._link(schema, event, new)
         schema = chain[new.version] = new

@@ -11,16 +11,15 @@ import optree
 import torch
 import torch.utils._pytree as torch_pytree
 
+from ._arith import at_head, binary, check_generator, fill, make, unary
 from ._config import ParamConfig
-from ._errors import NytorchFuncError
+from ._errors import ArgumentTypeError, SchemaError, frozen
 
 if TYPE_CHECKING:
     from ._schema import Schema
     from ._species import Species
 
-__all__ = ["Particle"]
-
-
+__all__ = ["Particle", "param_ids", "expect_particle", "members"]
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Particle:
@@ -48,7 +47,7 @@ class Particle:
     >>> p.weight = None
     Traceback (most recent call last):
     ...
-    dataclasses.FrozenInstanceError: Particle is immutable (cannot set 'weight'): derive a new one with nf.add_param, nf.set_none, arithmetic, ...
+    nytorch_func._errors.FrozenError: Particle is immutable (cannot set 'weight'): derive a new one with nf.add_param, nf.set_none, arithmetic, ...
     """
 
     _schema: "Schema"
@@ -165,18 +164,115 @@ class Particle:
         return shape[0]
 
     def __iter__(self) -> Iterator["Particle"]:
-        from ._population import unstack
-
-        return iter(unstack(self))
+        """The members of a population along its first batch dimension."""
+        n = members(self, "iter(pop)")
+        if not self._leaves:
+            member = tuple(self.batch_shape[1:])
+            return iter([Particle._make(self._schema, (), self._training, member)
+                         for _ in range(n)])
+        columns = [t.unbind(0) for t in self._leaves]
+        return iter([Particle._make(self._schema, tuple(c[i] for c in columns), self._training)
+                     for i in range(n)])
 
     def __getitem__(self, index: Any) -> Any:
+        """``p["path"]``: one tensor; ``pop[i]``, ``pop[i:j]``, ``pop[idx_tensor]``,
+        ``pop[bool_mask]``: members along the first batch dimension."""
         if isinstance(index, str):
             spec = self._schema.spec(index, what="particle[path]")
             i = self._schema.leaf_index.get(spec.key)
             return self._leaves[i] if i is not None else self._schema.shared[spec.key]
-        from ._population import index_population
+        members(self, "pop[index]")
+        if isinstance(index, tuple):
+            raise SchemaError("pop[index]: index the first batch dimension only (an int, slice, "
+                              "index tensor or mask), not a tuple")
+        try:
+            leaves = tuple(t[index] for t in self._leaves)
+            # no leaves to index: index an empty stand-in of the batch shape for the new one
+            batch = None if leaves else tuple(
+                torch.empty((*self.batch_shape, 0))[index].shape[:-1])
+        except (IndexError, TypeError, RuntimeError) as err:
+            raise SchemaError(f"pop[index]: {err}") from err
+        return Particle._make(self._schema, leaves, self._training, batch)
 
-        return index_population(self, index)
+    # arithmetic: operational parameters only, each leaf keeping its schema dtype ---------------
+    __add__, __radd__ = binary("add")
+    __sub__, __rsub__ = binary("sub")
+    __mul__, __rmul__ = binary("mul")
+    __truediv__, __rtruediv__ = binary("truediv")
+    __pow__, __rpow__ = binary("pow")
+    __neg__ = unary("neg")
+    __pos__ = unary("pos")
+    __abs__ = unary("abs")
+
+    # copies and values made from nothing -------------------------------------------------------
+    def clone(self) -> "Particle":
+        """A particle of the same species whose leaves are fresh copies (autograd history kept)."""
+        return _mapped(self, lambda t: t.clone())
+
+    def detach(self) -> "Particle":
+        """The same values with autograd history cut (``Tensor.detach`` on every leaf)."""
+        return _mapped(self, lambda t: t.detach())
+
+    def randn(self, *, generator: torch.Generator | None = None) -> "Particle":
+        """Operational parameters drawn from N(0, 1); everything else carried over.
+
+        Inside ``torch.func.vmap(..., randomness="different")`` every member draws its own.
+
+        >>> import torch, nytorch_func as nf
+        >>> p = nf.from_module(torch.nn.Linear(2, 2))
+        >>> a = p.randn(generator=torch.Generator().manual_seed(0))
+        >>> b = p.randn(generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(a["weight"], b["weight"])
+        True
+        """
+        check_generator(generator, "randn")
+        return fill(self, lambda t: torch.randn(t.shape, generator=generator, dtype=t.dtype,
+                                                device=t.device))
+
+    def rand(self, *, generator: torch.Generator | None = None) -> "Particle":
+        """Operational parameters drawn from U[0, 1); everything else carried over.
+
+        >>> import torch, nytorch_func as nf
+        >>> q = nf.from_module(torch.nn.Linear(2, 2)).rand()
+        >>> bool(((q["weight"] >= 0) & (q["weight"] < 1)).all())
+        True
+        """
+        check_generator(generator, "rand")
+        return fill(self, lambda t: torch.rand(t.shape, generator=generator, dtype=t.dtype,
+                                               device=t.device))
+
+    def zeros(self) -> "Particle":
+        """Operational parameters set to zero; everything else carried over.
+
+        >>> import torch, nytorch_func as nf
+        >>> nf.from_module(torch.nn.Linear(2, 1)).zeros()["bias"]
+        tensor([0.], requires_grad=True)
+        """
+        return fill(self, torch.zeros_like)
+
+
+def _mapped(p: Particle, fn: Any) -> Particle:
+    p = at_head(p)
+    return make(p, p._schema, tuple(fn(t) for t in p._leaves), p._batch)
+
+
+def expect_particle(x: Any, what: str, hint: str = "") -> None:
+    """Raise :class:`ArgumentTypeError` unless ``x`` is a Particle; ``hint`` says what to do."""
+    if not isinstance(x, Particle):
+        raise ArgumentTypeError(f"{what}: expected a Particle (from nf.from_module), got "
+                                f"{type(x).__name__}{'; ' + hint if hint else ''}")
+
+
+def members(pop: Any, what: str) -> int:
+    """The member count of population ``pop`` (its first batch dim); typed errors otherwise."""
+    if not isinstance(pop, Particle):
+        raise ArgumentTypeError(f"{what}: expected a population (a Particle with a batch "
+                                f"dimension), got {type(pop).__name__}")
+    shape = pop.batch_shape
+    if not shape:
+        raise SchemaError(f"{what}: the particle has no batch dimension; make a population with "
+                          "nf.stack or nf.population first")
+    return shape[0]
 
 
 # pytree registration --------------------------------------------------------------------------
@@ -207,10 +303,6 @@ optree.register_pytree_node(
     namespace=optree.registry.__GLOBAL_NAMESPACE,  # type: ignore[attr-defined]
 )
 
-from . import _ops  # noqa: E402  (installs the operators on Particle)
-
-_ops.install(Particle)
-
 
 def param_ids(p: Particle) -> dict[str, int]:
     """``{path: stable parameter id}`` for every parameter (aliases of tied ones included).
@@ -222,16 +314,13 @@ def param_ids(p: Particle) -> dict[str, int]:
     >>> nf.param_ids(nf.from_module(torch.nn.Linear(2, 1)))
     {'weight': 0, 'bias': 1}
     """
-    if not isinstance(p, Particle):
-        raise NytorchFuncError(f"param_ids: expected a Particle (from nf.from_module), got "
-                               f"{type(p).__name__}")
+    expect_particle(p, "param_ids")
     return {path: s.pid for s in p._schema.specs if s.kind == "param" for path in s.paths}
 
 
 def _frozen_setattr(self: Particle, name: str, value: Any) -> None:
-    raise dataclasses.FrozenInstanceError(
-        f"Particle is immutable (cannot set {name!r}): derive a new one with nf.add_param, "
-        "nf.set_none, arithmetic, ...")
+    raise frozen("Particle", name, "derive a new one with nf.add_param, nf.set_none, "
+                 "arithmetic, ...")
 
 
 def _frozen_delattr(self: Particle, name: str) -> None:

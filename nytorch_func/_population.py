@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
-from ._particle import Particle
-from ._touch import touch
+from ._arith import at_head
+from ._bridge import apply, collect, from_module
+from ._errors import ArgumentTypeError, SchemaError, SpeciesMismatchError, expect
+from ._particle import Particle, members
 
-__all__ = ["stack", "unstack", "index_population", "population", "from_modules", "vmap_apply",
-           "VmapFallbackWarning"]
+__all__ = ["stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning"]
 
 
 def stack(particles: Sequence[Particle]) -> Particle:
@@ -31,14 +32,13 @@ def stack(particles: Sequence[Particle]) -> Particle:
     if not particles:
         raise SchemaError("stack: got no particles; a population needs at least one member")
     for q in particles:
-        if not isinstance(q, Particle):
-            raise NytorchFuncError(f"stack: expected Particles, got {type(q).__name__}")
+        expect(q, Particle, "stack", "Particles")
     species = particles[0]._schema.species
     for i, q in enumerate(particles):
         if q._schema.species is not species:
             raise SpeciesMismatchError(f"stack: member {i} is of species {q.species.name!r}, "
                                        f"member 0 of {species.name!r}; a population is one species")
-    particles = [touch(q) for q in particles]
+    particles = [at_head(q) for q in particles]
     schema = particles[0]._schema
     shapes = {tuple(q.batch_shape) for q in particles}
     if len(shapes) > 1:
@@ -49,39 +49,9 @@ def stack(particles: Sequence[Particle]) -> Particle:
 
 
 def unstack(pop: Particle) -> list[Particle]:
-    """The members of a population along its first batch dimension."""
-    n = _length(pop, "unstack")
-    if not pop._leaves:
-        member = tuple(pop.batch_shape[1:])
-        return [Particle._make(pop._schema, (), pop._training, member) for _ in range(n)]
-    columns = [t.unbind(0) for t in pop._leaves]
-    return [Particle._make(pop._schema, tuple(c[i] for c in columns), pop._training)
-            for i in range(n)]
-
-
-def _length(pop: Particle, what: str) -> int:
-    if not isinstance(pop, Particle):
-        raise NytorchFuncError(f"{what}: expected a Particle, got {type(pop).__name__}")
-    shape = pop.batch_shape
-    if not shape:
-        raise SchemaError(f"{what}: the particle has no batch dimension; make a population with "
-                          "nf.stack or nf.population first")
-    return shape[0]
-
-
-def index_population(pop: Particle, index: Any) -> Particle:
-    """``pop[i]``, ``pop[i:j]``, ``pop[tensor_of_indices]``, ``pop[bool_mask]`` along dim 0."""
-    _length(pop, "pop[index]")
-    if isinstance(index, tuple):
-        raise SchemaError("pop[index]: index the first batch dimension only (an int, slice, "
-                          "index tensor or mask), not a tuple")
-    try:
-        leaves = tuple(t[index] for t in pop._leaves)
-        # no leaves to index: index an empty stand-in of the batch shape for the new one
-        batch = None if leaves else tuple(torch.empty((*pop.batch_shape, 0))[index].shape[:-1])
-    except (IndexError, TypeError, RuntimeError) as err:
-        raise SchemaError(f"pop[index]: {err}") from err
-    return Particle._make(pop._schema, leaves, pop._training, batch)
+    """The members of a population along its first batch dimension (``list(pop)``)."""
+    members(pop, "unstack")
+    return list(pop)
 
 
 _INITS = ("randn", "rand", "clone", "zeros")
@@ -103,20 +73,16 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn"
     >>> pop.batch_shape, pop["weight"].shape
     (torch.Size([8]), torch.Size([8, 2, 3]))
     """
-    from ._bridge import from_module
-
     if isinstance(source, torch.nn.Module):
         source = from_module(source)
-    if not isinstance(source, Particle):
-        raise NytorchFuncError(f"population: expected a Particle or nn.Module, got "
-                               f"{type(source).__name__}")
+    expect(source, Particle, "population", "a Particle or an nn.Module")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SchemaError(f"population: n must be a positive int, got {n!r}")
     if not (callable(init) or init in _INITS):
         raise SchemaError(f"population: init must be one of {_INITS} or a callable, got {init!r}")
     if source.batch_shape:
         raise SchemaError("population: the source is already a population; pass one particle")
-    source = touch(source)
+    source = at_head(source)
     s = source._schema
     operational = set(s.op_index)
     leaves = []
@@ -151,14 +117,11 @@ def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
     >>> len(pop)
     4
     """
-    from ._bridge import collect, from_module
-
     modules = list(modules)
     if not modules:
         raise SchemaError("from_modules: got no modules")
     for m in modules:
-        if not isinstance(m, torch.nn.Module):
-            raise NytorchFuncError(f"from_modules: expected nn.Modules, got {type(m).__name__}")
+        expect(m, torch.nn.Module, "from_modules", "nn.Modules")
     first = from_module(modules[0])
     ref = [(s.paths, s.shape, s.dtype) for s in collect(modules[0])[0]]
     columns = []
@@ -195,11 +158,7 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
     >>> nf.vmap_apply(pop, torch.randn(5, 3)).shape
     torch.Size([4, 5, 2])
     """
-    import warnings
-
-    from ._bridge import apply
-
-    n = _length(pop, "vmap_apply")
+    n = members(pop, "vmap_apply")
     dims = (None,) * len(args) if in_dims is None else tuple(in_dims)
     if len(dims) != len(args):
         raise SchemaError(f"vmap_apply: in_dims has {len(dims)} entries for {len(args)} arguments")

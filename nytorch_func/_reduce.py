@@ -22,26 +22,15 @@ from typing import Any
 
 import torch
 
-from ._errors import NytorchFuncError, SchemaError
-from ._particle import Particle
+from ._arith import align
+from ._errors import SchemaError
+from ._particle import Particle, expect_particle, members
 from ._schema import TensorSpec
 
 __all__ = ["mean", "take", "topk", "where"]
 
 
 # helpers shared with nytorch_func.evolution -----------------------------------------------------
-
-def members(pop: Any, what: str) -> int:
-    """The member count of population ``pop``; typed errors for anything else."""
-    if not isinstance(pop, Particle):
-        raise NytorchFuncError(f"{what}: expected a population (a Particle with a batch "
-                               f"dimension), got {type(pop).__name__}")
-    shape = pop.batch_shape
-    if not shape:
-        raise SchemaError(f"{what}: the particle has no batch dimension; make a population with "
-                          "nf.stack or nf.population first")
-    return shape[0]
-
 
 def as_vector(x: Any, n: int, what: str, name: str, *, dtype: torch.dtype | None = None,
               device: torch.device | None = None) -> torch.Tensor:
@@ -223,11 +212,8 @@ def where(mask: Any, a: Particle, b: Particle) -> Particle:
     >>> torch.equal(mixed["weight"][1], elite["weight"]), torch.equal(mixed["weight"][2], pop["weight"][2])
     (True, True)
     """
-    from ._ops import align
-
-    for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, Particle):
-            raise NytorchFuncError(f"where: {name} must be a Particle, got {type(x).__name__}")
+    for x in (a, b):
+        expect_particle(x, "where")
     m = mask if isinstance(mask, torch.Tensor) else None
     if m is None:
         if not isinstance(mask, Sequence) or isinstance(mask, str):

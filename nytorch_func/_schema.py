@@ -11,20 +11,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ._config import ParamConfig
-from ._errors import SchemaError
+from ._errors import SchemaError, frozen
 
 if TYPE_CHECKING:
     from ._events import Event
     from ._species import Species
 
-__all__ = ["Schema", "TensorSpec", "computable"]
+__all__ = ["Schema", "TensorSpec", "Link", "computable"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class TensorSpec:
     state: bool = True  # buffers: per-particle state (True) or shared by the species (False)
     persistent: bool = True  # buffers: part of state_dict
     policy: str = "keep"  # buffers: what reductions over particles do ("keep", "mean", "reset")
+    # buffers with policy "reset": the value reductions give them (recorded by configure_buffer)
+    reset: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def is_param(self) -> bool:
@@ -74,13 +77,49 @@ class TensorSpec:
                    dtype=tensor.dtype, device=tensor.device,
                    requires_grad=bool(tensor.requires_grad), **fields)
 
+    def matches(self, t: torch.Tensor, batch_shape: tuple[int, ...] = ()) -> bool:
+        """Whether ``t`` can be this spec's leaf in a particle of ``batch_shape``."""
+        return (t.dtype == self.dtype and t.shape == (*batch_shape, *self.shape)
+                and t.device == self.device)
+
+
+def _spec_setattr(self: TensorSpec, name: str, value: Any) -> None:
+    raise frozen("TensorSpec", name, "use dataclasses.replace(spec, ...)")
+
+
+# Set after the dataclass decorator, which makes its own: the typed error instead of the bare one.
+TensorSpec.__setattr__ = _spec_setattr  # type: ignore[method-assign]
+TensorSpec.__delattr__ = lambda self, name: _spec_setattr(self, name, None)  # type: ignore[method-assign]
+
+
+class Link(NamedTuple):
+    """The forward link from one version to the next, written once under the species' lock.
+
+    ``selection``: when the event only drops, keeps or renames leaves (deletions, set_none,
+    config changes that keep every leaf per-particle), the indices into the older version's
+    leaves that give the newer one's, so touch composes such events as index selections;
+    ``None`` when the event makes new values.
+    """
+
+    event: "Event"
+    schema: "Schema"
+    selection: "tuple[int, ...] | None"
+
 
 class Schema:
     """One version of a species: skeleton, specs and shared tensors. Immutable.
 
-    Schemas compare and hash by ``(species, version)``; never by tensor values. The only field
-    ever written after construction is the forward link to the next version, set once by the
-    species under its lock.
+    Schemas compare and hash by ``(species, version)``; never by tensor values. Assigning to any
+    attribute raises :class:`~nytorch_func.FrozenError`; the one field written after
+    construction is the forward link to the next version, set once by the species under its
+    lock. ``shared`` and the indexes are read-only mappings.
+
+    >>> import torch, nytorch_func as nf
+    >>> s = nf.from_module(torch.nn.Linear(2, 1)).schema
+    >>> s.version = 7
+    Traceback (most recent call last):
+    ...
+    nytorch_func._errors.FrozenError: Schema is immutable (cannot set 'version'): ...
     """
 
     __slots__ = ("species", "version", "skeleton", "specs", "shared", "next_pid", "training",
@@ -90,29 +129,90 @@ class Schema:
     def __init__(self, species: "Species", version: int, skeleton: nn.Module,
                  specs: tuple[TensorSpec, ...], shared: Mapping[str, torch.Tensor],
                  next_pid: int) -> None:
-        self.species = species
-        self.version = version
-        self.skeleton = skeleton
-        self.specs = specs
-        self.shared = dict(shared)
-        self.next_pid = next_pid
-        self.training = skeleton.training
-        self.by_key = {s.key: s for s in specs}
-        self.by_path = {p: s for s in specs for p in s.paths}
-        self.leaf_specs = tuple(s for s in specs if s.leaf)
-        self.leaf_keys = tuple(s.key for s in self.leaf_specs)
-        self.leaf_index = {k: i for i, k in enumerate(self.leaf_keys)}
+        by_key = {s.key: s for s in specs}
+        if len(by_key) != len(specs):
+            raise SchemaError(f"schema: two specs share a key in version {version}")
+        by_path = {p: s for s in specs for p in s.paths}
+        leaf_specs = tuple(s for s in specs if s.leaf)
+        self._fill(species, version, skeleton, tuple(specs), MappingProxyType(dict(shared)),
+                   next_pid, by_key, by_path, leaf_specs)
+
+    def _fill(self, species: "Species", version: int, skeleton: nn.Module,
+              specs: tuple[TensorSpec, ...], shared: MappingProxyType, next_pid: int,
+              by_key: dict, by_path: dict, leaf_specs: tuple[TensorSpec, ...]) -> None:
+        leaf_keys = tuple(s.key for s in leaf_specs)
         # Leaves particle arithmetic computes: operational parameters of a floating or complex
         # dtype. Integer parameters are never computed (``p / 2`` would turn them into floats);
         # the public API refuses to make them operational, and this keeps schemas built
         # otherwise (the facade, old files) from changing a leaf's dtype.
-        self.op_index = tuple(i for i, s in enumerate(self.leaf_specs)
-                              if s.kind == "param" and s.config.operational  # type: ignore[union-attr]
-                              and computable(s.dtype))
+        op_index = tuple(i for i, s in enumerate(leaf_specs)
+                         if s.kind == "param" and s.config.operational  # type: ignore[union-attr]
+                         and computable(s.dtype))
+        put = object.__setattr__
+        put(self, "species", species)
+        put(self, "version", version)
+        put(self, "skeleton", skeleton)
+        put(self, "specs", specs)
+        put(self, "shared", shared)
+        put(self, "next_pid", next_pid)
+        put(self, "training", skeleton.training)
+        put(self, "by_key", MappingProxyType(by_key))
+        put(self, "by_path", MappingProxyType(by_path))
+        put(self, "leaf_specs", leaf_specs)
+        put(self, "leaf_keys", leaf_keys)
+        put(self, "leaf_index", MappingProxyType({k: i for i, k in enumerate(leaf_keys)}))
+        put(self, "op_index", op_index)
         # True only when there is something to compute: the fast path hands every leaf to one
         # torch._foreach_* call, which refuses an empty list.
-        self.all_operational = 0 < len(self.op_index) == len(self.leaf_specs)
-        self._next: tuple["Event", "Schema"] | None = None
+        put(self, "all_operational", 0 < len(op_index) == len(leaf_specs))
+        put(self, "_next", None)
+
+    def derive(self, *, skeleton: nn.Module | None = None, add: tuple[TensorSpec, ...] = (),
+               drop: Collection[str] = (), replace: Mapping[str, TensorSpec] | None = None,
+               shared: Mapping[str, torch.Tensor] | None = None,
+               next_pid: int | None = None) -> "Schema":
+        """The next version: this one with specs dropped (by key), replaced and added.
+
+        The indexes are derived from this version's (most events change one spec), not
+        rebuilt. ``replace`` maps an old key to its new spec (which may have a new key, when the
+        canonical path of a tied tensor is deleted). Added specs go last, in order.
+        """
+        replace = replace or {}
+        specs = []
+        for s in self.specs:
+            if s.key in drop:
+                continue
+            specs.append(replace.get(s.key, s))
+        specs.extend(add)
+        by_key = dict(self.by_key)
+        by_path = dict(self.by_path)
+        for key in (*drop, *replace):
+            for p in by_key.pop(key).paths:
+                del by_path[p]
+        for s in (*replace.values(), *add):
+            if s.key in by_key:
+                raise SchemaError(f"schema: key {s.key!r} already exists in version "
+                                  f"{self.version}")
+            by_key[s.key] = s
+            for p in s.paths:
+                by_path[p] = s
+        if not drop and not replace:
+            leaf_specs = self.leaf_specs + tuple(s for s in add if s.leaf)
+        else:
+            leaf_specs = tuple(s for s in specs if s.leaf)
+        new = Schema.__new__(Schema)
+        new._fill(self.species, self.version + 1,
+                  self.skeleton if skeleton is None else skeleton, tuple(specs),
+                  self.shared if shared is None else MappingProxyType(dict(shared)),
+                  self.next_pid if next_pid is None else next_pid, by_key, by_path, leaf_specs)
+        return new
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise frozen("Schema", name, "events make new versions (nf.add_param, nf.configure, "
+                     "nf.to, ...)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
 
     # identity -------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -142,12 +242,12 @@ class Schema:
 
     @property
     def next(self) -> "Schema | None":
-        return None if self._next is None else self._next[1]
+        return None if self._next is None else self._next.schema
 
     @property
     def event(self) -> "Event | None":
         """The event that leads from this version to the next one, if any."""
-        return None if self._next is None else self._next[0]
+        return None if self._next is None else self._next.event
 
     @property
     def params(self) -> tuple[TensorSpec, ...]:
@@ -164,7 +264,7 @@ class Schema:
             noun = {"param": "parameter", "buffer": "buffer", None: "parameter or buffer"}[kind]
             names = [p for s in self.specs if kind in (None, s.kind) for p in s.paths]
             raise SchemaError(f"{what or 'schema'}: no {noun} at path {path!r} in version "
-                              f"{self.version}{_suggest(path, names)}")
+                              f"{self.version}{suggest(path, names)}")
         return spec
 
     def specs_under(self, prefix: str, *, kind: str | None = "param") -> list[TensorSpec]:
@@ -197,7 +297,7 @@ def computable(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point or dtype.is_complex
 
 
-def _suggest(path: str, names: list[str]) -> str:
+def suggest(path: str, names: list[str]) -> str:
     close = difflib.get_close_matches(path, names, n=3)
     if close:
         return "; did you mean " + " or ".join(map(repr, close)) + "?"

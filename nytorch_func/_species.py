@@ -13,7 +13,8 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
-from ._errors import VersionError
+from ._errors import VersionError, frozen
+from ._schema import Link
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -42,17 +43,24 @@ class Species:
                  "__weakref__")
 
     def __init__(self, name: str, uid: str | None = None) -> None:
-        self.name = f"{name}#{next(_counter)}"
-        self.uid = uid or uuid.uuid4().hex
-        self._lock = threading.Lock()
+        put = object.__setattr__
+        put(self, "name", f"{name}#{next(_counter)}")
+        put(self, "uid", uid or uuid.uuid4().hex)
+        put(self, "_lock", threading.Lock())
         # Held while a forward pass swaps a particle's tensors into a skeleton (nf.apply), while
         # to_module copies one, and while an event copies one: the versions of a species share
         # their skeleton modules, so these must not interleave across threads. Re-entrant, so a
         # forward pass may itself call nf.apply or an event on the same species.
-        self._call_lock = threading.RLock()
-        self._versions: weakref.WeakValueDictionary[int, Schema] = weakref.WeakValueDictionary()
-        self._head: weakref.ref[Schema] | None = None
-        self._count = 0
+        put(self, "_call_lock", threading.RLock())
+        put(self, "_versions", weakref.WeakValueDictionary())
+        put(self, "_head", None)
+        put(self, "_count", 0)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise frozen("Species", name, "a species changes only by events (nf.add_param, ...)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
 
     def __repr__(self) -> str:
         return f"Species({self.name!r}, versions={self._count}, live={len(self._versions)})"
@@ -104,13 +112,14 @@ class Species:
 
     def _install(self, schema: "Schema") -> None:
         self._versions[schema.version] = schema
-        self._head = weakref.ref(schema)
-        self._count = max(self._count, schema.version + 1)
+        object.__setattr__(self, "_head", weakref.ref(schema))
+        object.__setattr__(self, "_count", max(self._count, schema.version + 1))
 
     def _link(self, base: "Schema", event: "Event", new: "Schema") -> None:
         """Append ``new`` after ``base``; StaleHead if ``base`` is no longer the head."""
+        link = Link(event, new, event.selection(base, new))
         with self._lock:
             if base._next is not None or self.head is not base:
                 raise StaleHead()
-            base._next = (event, new)
+            object.__setattr__(base, "_next", link)
             self._install(new)

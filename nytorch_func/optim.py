@@ -29,7 +29,7 @@ import torch
 
 from ._blend import lerp
 from ._errors import SchemaError
-from ._ops import align
+from ._arith import align
 from ._particle import Particle
 from ._touch import touch
 

@@ -119,10 +119,14 @@ def test_touch_fill_rules():
     assert zeroed["weight"] is state["weight"]  # old entries untouched
     custom = nf.touch(state, fill=lambda value, spec: torch.full_like(value, spec.pid or -1))
     assert torch.equal(custom["gain"], torch.full((2,), 2.0))
-    with pytest.raises(nf.VersionError, match="fill must be"):
+    with pytest.raises(nf.SchemaError, match="fill must be"):
         nf.touch(state, fill="ones")
-    with pytest.raises(nf.VersionError, match="expected a tensor of shape"):
+    with pytest.raises(nf.SchemaError, match="must return a tensor of shape"):
         nf.touch(state, fill=lambda value, spec: value[:1])
+    with pytest.raises(nf.SchemaError, match=r"'count'.*float32"):  # the schema dtype is kept
+        nf.touch(state, fill=lambda value, spec: value.double())
+    with pytest.raises(nf.SchemaError, match="fill must be"):  # checked before any fast path
+        nf.touch(nf.touch(state), fill="ones")
     assert grown.version == 2
 
 

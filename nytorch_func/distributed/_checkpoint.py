@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from .._codec import CheckpointError
+from .._errors import CheckpointError
 from .._errors import NytorchFuncError
 from .._io import _atomic_write, load, save
 from .._particle import Particle

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .._codec import CheckpointError, Decoder, Encoder, decoding
+from .._codec import Decoder, Encoder, decoding
+from .._errors import CheckpointError
 from .._events import Event
 from ._errors import DistributedError
 

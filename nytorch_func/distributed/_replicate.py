@@ -29,7 +29,8 @@ from .._edit import commit
 from .._errors import NytorchFuncError
 from .._particle import Particle
 from .._schema import Schema
-from .._touch import events_between, touch
+from .._migrate import events_between
+from .._touch import touch
 from ._errors import DistributedError, EventConflictError
 from ._eventwire import decode_events, encode_events
 from ._wire import (agree, check_ctrl, ctrl_device, guarded, reduce_ctrl, require_group,
@@ -177,7 +178,7 @@ def _dry_run(head: Schema, events: list) -> None:
     """Apply ``events`` to unlinked schemas: every one must fit before any is appended."""
     s = head
     for event in events:
-        s = event.bind(s).apply(s)
+        s = event.apply(s)
 
 
 def _append(p: Particle, events: list, what: str) -> Particle:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .._errors import NytorchFuncError, SchemaError
-from .._ops import align, align_all
+from .._arith import align, align_all
 from .._particle import Particle
 from .._reduce import reset_value
 from .._schema import TensorSpec

@@ -1,0 +1,44 @@
+"""The foreach kernels particle arithmetic runs on: one ``torch._foreach_*`` call per operation.
+
+torch has no vmap batching rule for ``torch._foreach_*``; inside a torch.func transform
+(``vmap``, ``grad``) each kernel runs tensor by tensor instead, so particle arithmetic works in
+any transformed function. Outside transforms (and under ``torch.compile``, which folds the
+check) it is the one foreach call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["fe_add", "fe_sub", "fe_mul", "fe_div", "fe_pow", "fe_neg", "fe_abs", "fe_reciprocal",
+           "fe_lerp", "transforms_active"]
+
+transforms_active = torch._C._are_functorch_transforms_active
+
+
+def _vmappable(foreach_fn: Callable, one: Callable) -> Callable:
+    """``foreach_fn``, or a per-tensor ``one`` loop inside torch.func transforms."""
+
+    def call(*args: Any) -> Any:
+        if transforms_active():
+            n = next(len(a) for a in args if isinstance(a, (list, tuple)))
+            return [one(*(a[i] if isinstance(a, (list, tuple)) else a for a in args))
+                    for i in range(n)]
+        return foreach_fn(*args)
+
+    call.__name__ = foreach_fn.__name__
+    return call
+
+
+fe_add = _vmappable(torch._foreach_add, torch.add)
+fe_sub = _vmappable(torch._foreach_sub, torch.sub)
+fe_mul = _vmappable(torch._foreach_mul, torch.mul)
+fe_div = _vmappable(torch._foreach_div, torch.div)
+fe_pow = _vmappable(torch._foreach_pow, torch.pow)
+fe_neg = _vmappable(torch._foreach_neg, torch.neg)
+fe_abs = _vmappable(torch._foreach_abs, torch.abs)
+fe_reciprocal = _vmappable(torch._foreach_reciprocal, torch.reciprocal)
+fe_lerp = _vmappable(torch._foreach_lerp, torch.lerp)
