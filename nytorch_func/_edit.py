@@ -18,8 +18,8 @@ from ._config import ParamConfig
 from ._config_events import Configure, ConfigureBuffer
 from ._convert import Convert, converted_dtype
 from ._errors import ArgumentTypeError, NytorchFuncError, SchemaError
-from ._events import (AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam, Event,
-                      Migration, SetNone)
+from ._events import (NO_VALUES, AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam,
+                      Event, Migration, SetNone)
 from ._particle import Particle, expect_particle
 from ._schema import computable, make_skeleton, suggest
 from ._species import StaleHead
@@ -34,30 +34,38 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
     """Append the event ``build(p_at_head)`` makes; the initiator at the new version.
 
     ``build`` returns the event and the initiator's own tensors for the entries it adds (its
-    role: "the object itself"), which replace the recipient-side values ``migrate`` produces.
+    role: "the object itself"), which ``migrate`` uses instead of recipient copies (for a single
+    particle; a population's members get copies, as recipients do). An event that only selects
+    leaves (deletions, set_none, most config changes) is one index selection, computed once and
+    stored in the chain's link for every later touch.
     """
-    expect_particle(p, what)
+    if type(p) is not Particle:
+        expect_particle(p, what)
     species = p._schema.species
     while True:
-        q = at_head(p)
+        q = p if p._schema._next is None else at_head(p)
         head = q._schema
         event, own = build(q)
         try:
             with species._call_lock:  # the skeleton is copied: no forward may be swapped in
-                new_schema = event.apply(head)
+                new = event.apply(head)
         except NytorchFuncError:
             raise
         except Exception as err:  # torch's own refusals (bad names, ...) become typed errors
             raise SchemaError(f"{what}: {type(err).__name__}: {err}") from err
-        batch_shape = tuple(q.batch_shape)
-        leaves = event.migrate(dict(zip(head.leaf_keys, q._leaves)),
-                               Migration(batch_shape, head, new_schema))
-        if not batch_shape:
-            leaves.update((k, v) for k, v in own.items() if k in leaves)
-        result = Particle._make(new_schema, tuple(leaves[k] for k in new_schema.leaf_keys),
-                                q._training, batch_shape)
+        selection = event.selection(head, new)
+        if selection is not None:
+            old = q._leaves
+            leaves = tuple([old[i] for i in selection])
+            batch = None if leaves else tuple(q.batch_shape)
+        else:
+            batch = tuple(q.batch_shape)
+            m = Migration(batch, head, new, "snapshot", NO_VALUES if batch else own)
+            current = event.migrate(dict(zip(head.leaf_keys, q._leaves)), m)
+            leaves = tuple([current[k] for k in new.leaf_keys])
+        result = Particle(new, leaves, q._training, None if leaves else batch)
         try:
-            species._link(head, event, new_schema)
+            species._link(head, event, new, selection)
         except StaleHead:
             continue  # another thread appended first: replay on the new head
         return result
@@ -179,7 +187,7 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
                                 f"{type(module).__name__}")
     hook = getattr(module, "__nytorch_module__", None)
     plain = hook() if hook is not None else module
-    specs, values = collect(plain)
+    specs, values = collect(plain, "add_module")
     for spec, value in zip(specs, values):
         if value.is_meta:
             raise SchemaError(f"add_module: {path}.{spec.key} is on the meta device and holds no "

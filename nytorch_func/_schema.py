@@ -133,21 +133,14 @@ class Schema:
         if len(by_key) != len(specs):
             raise SchemaError(f"schema: two specs share a key in version {version}")
         by_path = {p: s for s in specs for p in s.paths}
-        leaf_specs = tuple(s for s in specs if s.leaf)
         self._fill(species, version, skeleton, tuple(specs), MappingProxyType(dict(shared)),
-                   next_pid, by_key, by_path, leaf_specs)
+                   next_pid, by_key, by_path, *_leaf_indexes(tuple(s for s in specs if s.leaf)))
 
     def _fill(self, species: "Species", version: int, skeleton: nn.Module,
               specs: tuple[TensorSpec, ...], shared: MappingProxyType, next_pid: int,
-              by_key: dict, by_path: dict, leaf_specs: tuple[TensorSpec, ...]) -> None:
-        leaf_keys = tuple(s.key for s in leaf_specs)
-        # Leaves particle arithmetic computes: operational parameters of a floating or complex
-        # dtype. Integer parameters are never computed (``p / 2`` would turn them into floats);
-        # the public API refuses to make them operational, and this keeps schemas built
-        # otherwise (the facade, old files) from changing a leaf's dtype.
-        op_index = tuple(i for i, s in enumerate(leaf_specs)
-                         if s.kind == "param" and s.config.operational  # type: ignore[union-attr]
-                         and computable(s.dtype))
+              by_key: dict, by_path: dict, leaf_specs: tuple[TensorSpec, ...],
+              leaf_keys: tuple[str, ...], leaf_index: dict[str, int],
+              op_index: tuple[int, ...]) -> None:
         put = object.__setattr__
         put(self, "species", species)
         put(self, "version", version)
@@ -160,7 +153,7 @@ class Schema:
         put(self, "by_path", MappingProxyType(by_path))
         put(self, "leaf_specs", leaf_specs)
         put(self, "leaf_keys", leaf_keys)
-        put(self, "leaf_index", MappingProxyType({k: i for i, k in enumerate(leaf_keys)}))
+        put(self, "leaf_index", MappingProxyType(leaf_index))
         put(self, "op_index", op_index)
         # True only when there is something to compute: the fast path hands every leaf to one
         # torch._foreach_* call, which refuses an empty list.
@@ -173,38 +166,55 @@ class Schema:
                next_pid: int | None = None) -> "Schema":
         """The next version: this one with specs dropped (by key), replaced and added.
 
-        The indexes are derived from this version's (most events change one spec), not
-        rebuilt. ``replace`` maps an old key to its new spec (which may have a new key, when the
-        canonical path of a tied tensor is deleted). Added specs go last, in order.
+        The indexes are derived from this version's, not rebuilt: most events change one spec,
+        and an addition only appends. ``replace`` maps an old key to its new spec (which may
+        have a new key, when the canonical path of a tied tensor is deleted). Added specs go
+        last, in order.
         """
-        replace = replace or {}
-        specs = []
-        for s in self.specs:
-            if s.key in drop:
-                continue
-            specs.append(replace.get(s.key, s))
-        specs.extend(add)
-        by_key = dict(self.by_key)
-        by_path = dict(self.by_path)
-        for key in (*drop, *replace):
+        by_key = self.by_key.copy()
+        by_path = self.by_path.copy()
+        for key in (*drop, *(replace or ())):
             for p in by_key.pop(key).paths:
                 del by_path[p]
-        for s in (*replace.values(), *add):
-            if s.key in by_key:
-                raise SchemaError(f"schema: key {s.key!r} already exists in version "
-                                  f"{self.version}")
+        for s in (*(replace or {}).values(), *add):
+            if s.key in by_key or any(p in by_path for p in s.paths):
+                raise SchemaError(f"schema: {s.key!r} already exists in version {self.version}")
             by_key[s.key] = s
             for p in s.paths:
                 by_path[p] = s
-        if not drop and not replace:
-            leaf_specs = self.leaf_specs + tuple(s for s in add if s.leaf)
+        if not drop and not replace:  # an addition: every index only grows
+            specs = self.specs + add
+            new_leaves = tuple(s for s in add if s.leaf)
+            leaf_index = self.leaf_index.copy()
+            op_index = list(self.op_index)
+            for i, s in enumerate(new_leaves, len(self.leaf_specs)):
+                leaf_index[s.key] = i
+                if _computed(s):
+                    op_index.append(i)
+            indexes = (self.leaf_specs + new_leaves,
+                       self.leaf_keys + tuple(s.key for s in new_leaves), leaf_index,
+                       tuple(op_index))
+        elif not replace and not add:  # a removal: leaves keep their order, some go
+            specs = tuple([s for s in self.specs if s.key not in drop])
+            index = self.leaf_index
+            if any(k in index for k in drop):
+                keep = [i for i, k in enumerate(self.leaf_keys) if k not in drop]
+                moved = {old: new for new, old in enumerate(keep)}
+                leaf_keys = tuple([self.leaf_keys[i] for i in keep])
+                indexes = (tuple([self.leaf_specs[i] for i in keep]), leaf_keys,
+                           {k: i for i, k in enumerate(leaf_keys)},
+                           tuple([moved[i] for i in self.op_index if i in moved]))
+            else:
+                indexes = (self.leaf_specs, self.leaf_keys, index.copy(), self.op_index)
         else:
-            leaf_specs = tuple(s for s in specs if s.leaf)
+            replace = replace or {}
+            specs = tuple(replace.get(s.key, s) for s in self.specs if s.key not in drop) + add
+            indexes = _leaf_indexes(tuple(s for s in specs if s.leaf))
         new = Schema.__new__(Schema)
         new._fill(self.species, self.version + 1,
-                  self.skeleton if skeleton is None else skeleton, tuple(specs),
+                  self.skeleton if skeleton is None else skeleton, specs,
                   self.shared if shared is None else MappingProxyType(dict(shared)),
-                  self.next_pid if next_pid is None else next_pid, by_key, by_path, leaf_specs)
+                  self.next_pid if next_pid is None else next_pid, by_key, by_path, *indexes)
         return new
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -292,6 +302,22 @@ class Schema:
         return "\n".join([head] + ["  " + s.describe() for s in self.specs])
 
 
+def _computed(s: TensorSpec) -> bool:
+    """Whether particle arithmetic computes the leaf of ``s``: operational parameters of a
+    floating or complex dtype. Integer parameters never are (``p / 2`` would turn them into
+    floats); the public API refuses to make them operational, and this keeps schemas built
+    otherwise (the facade, old files) from changing a leaf's dtype."""
+    return s.kind == "param" and s.config.operational and computable(s.dtype)  # type: ignore[union-attr]
+
+
+def _leaf_indexes(leaf_specs: tuple[TensorSpec, ...]
+                  ) -> tuple[tuple[TensorSpec, ...], tuple[str, ...], dict[str, int], tuple[int, ...]]:
+    """``(leaf_specs, leaf_keys, leaf_index, op_index)`` of a schema whose leaves are these."""
+    keys = tuple(s.key for s in leaf_specs)
+    return (leaf_specs, keys, {k: i for i, k in enumerate(keys)},
+            tuple(i for i, s in enumerate(leaf_specs) if _computed(s)))
+
+
 def computable(dtype: torch.dtype) -> bool:
     """Whether particle arithmetic can compute a parameter of ``dtype`` (floating or complex)."""
     return dtype.is_floating_point or dtype.is_complex
@@ -330,7 +356,13 @@ def make_skeleton(module: nn.Module) -> nn.Module:
 
 def shallow_module(m: nn.Module) -> nn.Module:
     """A copy of ``m`` that owns its own parameter/buffer/child dicts (children are shared)."""
-    new = copy.copy(m)
+    cls = type(m)
+    if (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and cls.__setstate__ is nn.Module.__setstate__ and not hasattr(cls, "__copy__")):
+        new = object.__new__(cls)  # what copy.copy does for a plain module, without its detours
+        object.__setattr__(new, "__dict__", dict(m.__dict__))
+    else:
+        new = copy.copy(m)
     d = new.__dict__
     d["_parameters"] = dict(m._parameters)
     d["_buffers"] = dict(m._buffers)
