@@ -126,7 +126,7 @@ def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
             out[path] = leaf
     shared_buffers = []
     for key, tensor in s.shared.items():
-        spec = s.by_key[key]
+        spec = s.by_path[key]
         if spec.kind == "buffer":
             tensor = tensor.clone()
             shared_buffers.append((spec.paths[0], tensor, tensor._version))
@@ -288,7 +288,7 @@ def _copy_module(p: Particle, s: Schema, copy: bool) -> nn.Module:
         for path in spec.paths:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = value
     for key, tensor in s.shared.items():
-        spec = s.by_key[key]
+        spec = s.by_path[key]
         for path in spec.paths:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = tensor
     memo[id(memo)] = []

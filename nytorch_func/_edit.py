@@ -272,7 +272,7 @@ def configure_event(q: Particle, path: str, changes: list[tuple[str, ParamConfig
     s = q._schema
     to_shared, to_leaf = [], []
     for key, new in changes:
-        spec = s.by_key[key]
+        spec = s.by_path[key]
         if spec.leaf and new.shared:
             if q.batch_shape:
                 raise SchemaError(

@@ -124,8 +124,12 @@ def select_by_path(before: Schema, after: Schema) -> tuple[int, ...]:
     For events that only drop, keep or rename leaves: every leaf of ``after`` is a leaf of
     ``before`` reachable by its first path.
     """
-    index, by_path = before.leaf_index, before.by_path
-    return tuple(index[by_path[s.key].key] for s in after.leaf_specs)
+    index = before.leaf_index
+    try:
+        return tuple([index[k] for k in after.leaf_keys])
+    except KeyError:  # a tied tensor renamed after its first path went: find it by path
+        by_path = before.by_path
+        return tuple([index[by_path[k].key] for k in after.leaf_keys])
 
 
 def record(cls: type) -> type:
@@ -188,8 +192,8 @@ class AddParam(Event):
     def apply(self, schema: Schema) -> Schema:
         parent_path, name, _ = _check_free(schema, self.path, "add_param")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
-        parent.register_parameter(name, nn.Parameter(to_meta(self.snapshot),
-                                                     requires_grad=self.requires_grad))
+        parent._parameters[name] = nn.Parameter(to_meta(self.snapshot),  # name checked above
+                                                requires_grad=self.requires_grad)
         spec = TensorSpec(key=self.path, kind="param", paths=(self.path,),
                           shape=tuple(self.snapshot.shape), dtype=self.snapshot.dtype,
                           device=self.snapshot.device, requires_grad=self.requires_grad,

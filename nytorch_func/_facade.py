@@ -314,7 +314,7 @@ def _objects(q: Particle, *, fresh_from: dict[int, torch.Tensor] | None = None) 
         for path in spec.paths:
             objs[path] = t
     for key, t in s.shared.items():
-        for path in s.by_key[key].paths:
+        for path in s.by_path[key].paths:
             objs[path] = t
     return objs
 

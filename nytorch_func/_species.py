@@ -116,7 +116,8 @@ class Species:
     def _install(self, schema: "Schema") -> None:
         self._versions[schema.version] = schema
         object.__setattr__(self, "_head", weakref.ref(schema))
-        object.__setattr__(self, "_count", max(self._count, schema.version + 1))
+        if schema.version >= self._count:
+            object.__setattr__(self, "_count", schema.version + 1)
 
     def _link(self, base: "Schema", event: "Event", new: "Schema",
               selection: "tuple[int, ...] | None | object" = _ASK) -> None:
@@ -128,7 +129,7 @@ class Species:
             selection = event.selection(base, new)
         link = Link(event, new, selection)
         with self._lock:
-            if base._next is not None or self.head is not base:
+            if base._next is not None or self._head is None or self._head() is not base:
                 raise StaleHead()
             object.__setattr__(base, "_next", link)
             self._install(new)

@@ -394,7 +394,7 @@ def event_rows() -> Built:
     else:
         skipped["event-nytorch"] = _NO_NYTORCH
     return [Case("event", "event", "make two events (add_param + del_param)",
-                 Side("nf.add_param + nf.del_param", ours), base)], skipped
+                 Side("nf.add_param + nf.del_param", ours), base, Target("max_ratio", 0.8))], skipped
 
 
 # save / load ----------------------------------------------------------------------------------
