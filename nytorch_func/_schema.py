@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._species import Species
 
-__all__ = ["Schema", "TensorSpec", "Link", "computable"]
+__all__ = ["Schema", "TensorSpec", "Link", "computable", "copy_path", "copy_paths"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -407,17 +407,30 @@ def copy_path(root: nn.Module, module_path: str) -> tuple[nn.Module, nn.Module]:
     Returns ``(new_root, new_target)``; every module off that path stays shared with the old
     skeleton, so an event costs the depth of the change, not the size of the model.
     """
+    new_root, copied = copy_paths(root, (module_path,))
+    return new_root, copied[module_path]
+
+
+def copy_paths(root: nn.Module, module_paths: Iterable[str]
+               ) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """:func:`copy_path` for several modules at once: each module on the way is copied once.
+
+    Returns ``(new_root, {path: new module})`` for every path given and every module above.
+    """
     new_root = shallow_module(root)
-    node = new_root
-    if module_path:
-        for name in module_path.split("."):
-            child = node._modules.get(name)
-            if child is None:
-                raise SchemaError(f"no submodule {name!r} on the way to {module_path!r}")
-            child = shallow_module(child)
-            node._modules[name] = child
-            node = child
-    return new_root, node
+    copied = {"": new_root}
+    for path in module_paths:
+        node, walked = new_root, ""
+        for name in path.split(".") if path else ():
+            walked = f"{walked}.{name}" if walked else name
+            done = copied.get(walked)
+            if done is None:
+                child = node._modules.get(name)
+                if child is None:
+                    raise SchemaError(f"no submodule {name!r} on the way to {path!r}")
+                done = copied[walked] = node._modules[name] = shallow_module(child)
+            node = done
+    return new_root, copied
 
 
 def split_path(path: str) -> tuple[str, str]:
