@@ -290,9 +290,16 @@ def test_vmap_apply_runs_a_two_dimensional_population():
     assert torch.allclose(out[1, 2], nf.apply(pop[1][2], x))
 
 
-def test_compile_fullgraph_per_member_coefficients():
-    pop = nf.population(nn.Linear(3, 2), 4)
-    w = torch.linspace(0, 1, 4)
-    f = torch.compile(lambda q, w: q * w, fullgraph=True)
-    out = f(pop, w)
-    assert torch.allclose(out["weight"], pop["weight"] * w.view(4, 1, 1))
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "truediv", "pow"])
+@pytest.mark.parametrize("tensor_first", [False, True])
+def test_compile_fullgraph_per_member_coefficients(op, tensor_first):
+    import operator
+
+    pop = nf.population(nn.Linear(3, 2), 4, init="rand")
+    w = torch.linspace(1, 2, 4)
+    fn = getattr(operator, op)
+    call = (lambda q, w: fn(w, q)) if tensor_first else (lambda q, w: fn(q, w))
+    out = torch.compile(call, fullgraph=True)(pop, w)
+    want = call(pop, w)
+    for k in ("weight", "bias"):
+        assert torch.allclose(out[k], want[k]), k
