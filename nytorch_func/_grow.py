@@ -191,6 +191,13 @@ def _widen_event(schema: Schema, layer: str, consumers: tuple[str, ...], by: int
         tensors.append((spec.key, tuple(shape), ((1, cols, cols_scale, cols_origin),), fill))
         attrs.append((path, "in_features" if isinstance(c, nn.Linear) else "in_channels",
                       fan + by * per))
+    for key, *_ in tensors:
+        spec = schema.by_path[key]
+        if len(spec.paths) > 1:
+            raise SchemaError(f"{what}: {key!r} is tied to {list(spec.paths[1:])}; widening it "
+                              "would resize the other modules' weight but not the rest of them. "
+                              "Untie it first (nf.del_param on the other name, then add it back "
+                              "after widening)")
     keys = [key for key, *_ in tensors]
     if len(set(keys)) != len(keys):
         raise SchemaError(f"{what}: a tensor would be resized twice ({keys}); list each module "

@@ -87,8 +87,10 @@ class Resize(Event):
     kind: ClassVar[str] = "resize"
 
     def apply(self, schema: Schema) -> Schema:
-        modules = {split_path(key)[0] for key, *_ in self.tensors} | {m for m, _, _ in self.attrs}
-        skeleton, copied = copy_paths(schema.skeleton, sorted(modules))
+        modules = {split_path(path)[0] for key, *_ in self.tensors
+                   for path in schema.spec(key, what="resize").paths}
+        skeleton, copied = copy_paths(schema.skeleton,
+                                      sorted(modules | {m for m, _, _ in self.attrs}))
         replace, shared = {}, None
         for key, shape, dims, fill in self.tensors:
             spec = schema.spec(key, what="resize")
@@ -107,13 +109,17 @@ class Resize(Event):
                                       f"{spec.shape[dim]} do not have")
             new = _with_shape(spec, shape, dims, fill)
             replace[spec.key] = new
-            module_path, name = split_path(key)
-            module = copied[module_path]
-            slot = module._parameters if name in module._parameters else module._buffers
-            old = slot[name]
-            meta = torch.empty(shape, dtype=old.dtype, device="meta")
-            slot[name] = type(old)(meta, requires_grad=old.requires_grad) if isinstance(
-                old, torch.nn.Parameter) else meta
+            meta = None
+            for path in spec.paths:  # tied tensors: every name gets the one new meta tensor
+                module_path, name = split_path(path)
+                module = copied[module_path]
+                slot = module._parameters if name in module._parameters else module._buffers
+                if meta is None:
+                    old = slot[name]
+                    meta = torch.empty(shape, dtype=old.dtype, device="meta")
+                    if isinstance(old, torch.nn.Parameter):
+                        meta = torch.nn.Parameter(meta, requires_grad=old.requires_grad)
+                slot[name] = meta
             if not spec.leaf:
                 shared = dict(schema.shared) if shared is None else shared
                 value = resize_tensor(shared[key].detach(), dims, fill, 0)

@@ -294,3 +294,20 @@ def test_deepen_conv_with_a_dirac_kernel():
     deep = nf.deepen(p, "2", activation=nn.ReLU)
     assert type(nf.to_module(deep[0])[3]).__name__ == "Conv2d"
     assert_same_function(p, deep, x)
+
+
+def test_widen_refuses_a_tied_weight():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(3, 4)
+            self.c.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x) + self.c(x)))
+
+    p = nf.from_module(Tied())
+    with unchanged(p):
+        with pytest.raises(nf.SchemaError, match="tied"):
+            nf.widen(p, "a", "b", 2)
+    assert len(p.species) == 1
