@@ -104,11 +104,12 @@ def read_call(what: str, base: Any, models: Any, *, with_base: bool, min_models:
         pop = nf.stack(members) if members else None
     m = 0 if pop is None else pop.batch_shape[0]
     if m < min_models:
-        need = "two models" if min_models == 2 else f"{min_models} models"
+        need = {1: "one model", 2: "two models"}.get(min_models, f"{min_models} models")
         raise nf.SchemaError(f"{what}: needs at least {need}, got {m}")
     if with_base:
-        base, pop = align_all(what, base, pop)
-    else:
+        if base._schema is not pop._schema or base._schema._next is not None:
+            base, pop = align_all(what, base, pop)  # operations touch their operands first
+    elif pop._schema._next is not None:
         pop = nf.touch(pop)
     return Call(what, base if with_base else None, pop, m)
 

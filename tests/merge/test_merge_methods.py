@@ -304,3 +304,31 @@ def test_gradients_flow_to_weights():
         loss(w, fn).backward()
         torch.testing.assert_close(g, w.grad)
         assert bool(g.abs().sum() > 0)
+
+
+def test_ties_elects_plus_on_an_exact_tie():
+    base = nf.from_module(torch.nn.Linear(3, 2)).detach() * 0.0  # exact deltas of +-1
+    got = merge.ties(base, [base + 1.0, base - 1.0], density=1.0)  # sum 0 at every entry: '+'
+    torch.testing.assert_close(got["weight"], base["weight"] + 1.0)
+
+
+def test_slerp_falls_back_to_lerp_exactly_above_the_threshold():
+    class Vec(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = torch.nn.Parameter(v)
+
+    def pair(cos):
+        theta = torch.tensor(cos, dtype=torch.float64).acos()
+        a = nf.from_module(Vec(torch.tensor([1.0, 0.0], dtype=torch.float64))).detach()
+        b = nf.Particle(a.schema, (torch.stack([theta.cos(), theta.sin()]),), None)
+        return a, b
+
+    a, b = pair(0.9997)  # |cos| > 0.9995: linear
+    torch.testing.assert_close(merge.slerp(a, b, 0.5)["v"], (a["v"] + b["v"]) / 2,
+                               rtol=1e-12, atol=0)
+    a, b = pair(0.999)  # below: on the circle (norm 1)
+    mid = merge.slerp(a, b, 0.5)["v"]
+    assert abs(float(mid.norm()) - 1.0) < 1e-12
+    torch.testing.assert_close(mid, torch.tensor(ref_slerp(a["v"], b["v"], 0.5).tolist(),
+                                                 dtype=torch.float64))
