@@ -56,29 +56,20 @@ def _threshold(rows: Sorted, k: "list[int] | torch.Tensor") -> torch.Tensor:
 
 def top_mask(rows: Sorted, k: "list[int] | torch.Tensor") -> "torch.Tensor | None":
     """Bool mask ``(m, n)`` of the ``k[i]`` largest entries of each row; None means all of them
-    (every ``k`` is ``n``: nothing to drop)."""
+    (every ``k`` is ``n``: nothing to drop). ``k = 0`` gives an empty row: the threshold is then
+    the row's maximum, nothing is above it and no tie is needed."""
     mag = rows.mag
     n = mag.shape[-1]
     if isinstance(k, list):
         if all(ki >= n for ki in k):
             return None
-        if all(ki <= 0 for ki in k):
-            return torch.zeros_like(mag, dtype=torch.bool)
-        zero = [ki <= 0 for ki in k]
-        k = [min(max(ki, 1), n) for ki in k]
         kt = torch.tensor(k, device=mag.device).unsqueeze(-1)
+        k = [min(max(ki, 1), n) for ki in k]
     else:
-        zero = None
         kt = k.unsqueeze(-1)
     thr = _threshold(rows, k)
     above = mag > thr
     at = mag == thr
     need = kt - above.sum(-1, keepdim=True, dtype=torch.int32)
     # ties at the threshold: keep the first `need` of them in index order
-    mask = above | (at & (at.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))
-    if zero is not None and any(zero):
-        mask = mask & torch.tensor([not z for z in zero], device=mag.device).unsqueeze(-1)
-    elif zero is None:
-        mask = mask & (kt > 0)
-    return mask
-
+    return above | (at & (at.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))

@@ -125,6 +125,14 @@ def test_densities_as_concrete_and_traced_tensors_agree_with_floats():
     for ta, tb, tc in zip(a.leaves, b.leaves, c.leaves):
         assert torch.equal(ta, tb)
         torch.testing.assert_close(tc[0], ta)
+    # a float32 0.7 is 0.69999999: int(0.69999999 * 10) = 6 entries, traced or not (a float32
+    # product would round to 7.0)
+    base = nf.from_module(torch.nn.Linear(10, 1, bias=False)).detach()
+    model = nf.Particle(base.schema, (base["weight"] + torch.linspace(1, 2, 10)[None],), None)
+    d = torch.tensor([0.7])
+    traced = torch.func.vmap(lambda d: merge.ties(base, [model], density=d))(d.unsqueeze(0))
+    kept = int(((traced["weight"][0] - base["weight"]).abs() > 0.5).sum())
+    assert kept == 6 == int(float(d) * 10)
 
 
 # torch.compile ---------------------------------------------------------------------------------
