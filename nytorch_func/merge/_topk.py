@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ._inputs import concrete
+
 __all__ = ["Sorted", "top_mask", "count"]
 
 
@@ -68,6 +70,10 @@ def top_mask(rows: Sorted, k: "list[int] | torch.Tensor") -> "torch.Tensor | Non
     else:
         kt = k.unsqueeze(-1)
     thr = _threshold(rows, k)
+    if all(concrete(t) for t in (mag, thr, kt)):  # eager: without ties at the threshold, one comparison is all
+        at_least = mag >= thr
+        if bool((at_least.sum(-1, keepdim=True, dtype=torch.int32) == kt).all()):
+            return at_least
     above = mag > thr
     at = mag == thr
     need = kt - above.sum(-1, keepdim=True, dtype=torch.int32)
