@@ -25,11 +25,12 @@ from nytorch_func._particle import Particle
 from nytorch_func._reduce import reset_value
 from nytorch_func._schema import TensorSpec
 
-from ._inputs import Call, concrete
+from ._inputs import Call, compute_dtype, concrete
 
 __all__ = ["assemble", "refuse_complex"]
 
 Kernel = Callable[[TensorSpec, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+GroupKernel = Callable[[list, list, list], list]
 BufferMean = Callable[[TensorSpec, "torch.Tensor | None", torch.Tensor], torch.Tensor]
 
 
@@ -65,34 +66,43 @@ def _check_integer_buffers(call: Call) -> None:
                 "policy='reset')")
 
 
-def assemble(call: Call, kernel: Kernel, buffer_mean: BufferMean, *,
-             source: Particle | None = None) -> Particle:
-    """The merged particle: ``kernel(spec, base_leaf, models_leaf)`` for each merged parameter,
-    ``buffer_mean(spec, base_leaf, models_leaf)`` for floating ``"mean"`` buffers, and the
-    carry rules (module docstring) for the rest. ``source`` is the particle carried leaves come
-    from (default: the base, else model 0)."""
+def assemble(call: Call, kernel: Kernel | None, buffer_mean: BufferMean, *,
+             grouped: GroupKernel | None = None) -> Particle:
+    """The merged particle: ``kernel(spec, base_leaf, models_leaf)`` for each merged parameter
+    (or, with ``grouped``, one ``grouped(specs, base_leaves, models_leaves)`` per compute dtype
+    and device, returning the merged leaves in order), ``buffer_mean(spec, base_leaf,
+    models_leaf)`` for floating ``"mean"`` buffers, and the carry rules (module docstring) for
+    the rest."""
     _check_integer_buffers(call)
     pop = call.models
     s = pop.schema
     base_leaves = call.base.leaves if call.base is not None else None
-    op = set(s.op_index)
-    out = []
+    out: list = []
+    merged: dict[int, torch.Tensor] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i in s.op_index:
+        if pop.leaves[i].numel():
+            key = (compute_dtype(s.leaf_specs[i].dtype), pop.leaves[i].device)
+            groups.setdefault(key, []).append(i)
+    for idx in groups.values():
+        specs = [s.leaf_specs[i] for i in idx]
+        bases = [base_leaves[i] if base_leaves is not None else None for i in idx]
+        models = [pop.leaves[i] for i in idx]
+        if grouped is not None:
+            results = grouped(specs, bases, models)
+        else:
+            results = [kernel(*args) for args in zip(specs, bases, models)]  # type: ignore[misc]
+        merged.update(zip(idx, results))
     for i, (spec, t) in enumerate(zip(s.leaf_specs, pop.leaves)):
         b = base_leaves[i] if base_leaves is not None else None
-        if source is not None:
-            keep = source.leaves[i]
-        else:
-            keep = b if b is not None else t[0]
-        if i in op:
-            if t.numel() == 0:
-                out.append(keep)
-            else:
-                out.append(kernel(spec, b, t))
+        keep = b if b is not None else t[0]
+        if i in merged:
+            out.append(merged[i])
         elif spec.kind == "buffer" and spec.policy == "reset":
             out.append(reset_value(spec, (), call.what))
         elif spec.kind == "buffer" and spec.policy == "mean" and _float(t) and t.numel():
             out.append(buffer_mean(spec, b, t).to(spec.dtype))
         else:
-            out.append(keep)
+            out.append(keep)  # non-operational or empty parameters, "keep" buffers
     ref = call.base if call.base is not None else pop
     return Particle._make(s, tuple(out), ref._training, ())

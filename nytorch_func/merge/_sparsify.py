@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._topk import Sorted, count, top_mask
+from ._topk import Rows, band_mask, count, top_mask
 
 __all__ = ["magnitude", "outliers", "random"]
 
@@ -29,14 +29,12 @@ def _as_tensor(x: "list[float] | torch.Tensor", like: torch.Tensor) -> torch.Ten
     return x
 
 
-def magnitude(flat: torch.Tensor, density: "list[float] | torch.Tensor",
-              rows: Sorted | None = None) -> torch.Tensor:
+def magnitude(flat: torch.Tensor, density: "list[float] | torch.Tensor") -> torch.Tensor:
     """``flat`` (``(m, n)``) with all but each row's largest ``max(1, int(density * n))``
     magnitudes set to zero."""
     if isinstance(density, list) and all(d >= 1 for d in density):
         return flat
-    rows = rows if rows is not None else Sorted(flat.abs())
-    mask = top_mask(rows, count(density, flat.shape[-1], at_least_one=True))
+    mask = top_mask(Rows(flat.abs()), count(density, flat.shape[-1], at_least_one=True))
     return flat if mask is None else flat * mask
 
 
@@ -57,12 +55,7 @@ def outliers(flat: torch.Tensor, density: "list[float] | torch.Tensor",
         top = count(_as_tensor(gamma, flat), n, at_least_one=False)
         low = torch.minimum(top, n - target)
         high = low + target
-    rows = Sorted(flat.abs())
-    keep = top_mask(rows, high)
-    drop = top_mask(rows, low)
-    if keep is None:
-        keep = torch.ones_like(flat, dtype=torch.bool)
-    return flat * (keep & ~drop)
+    return flat * band_mask(Rows(flat.abs()), low, high)
 
 
 def random(flat: torch.Tensor, density: "list[float] | torch.Tensor", rescale: "bool | str",

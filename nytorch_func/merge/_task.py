@@ -35,7 +35,7 @@ def _run(call: Call, weights: Any, *, sparsify: Any, consensus: bool, normalize:
         refuse_complex(call, "electing a sign per entry needs real values")
     w = coefficient(call.what, "weights", weights, call.m, default=1.0)
     kernel = TaskMerge(w, sparsify, consensus, normalize, scalar(call.what, "scale", scale))
-    return assemble(call, kernel, _models_mean)
+    return assemble(call, None, _models_mean, grouped=kernel)
 
 
 def _density(what: str, density: Any, m: int) -> Any:

@@ -1,12 +1,15 @@
 """Exact top-k masks by magnitude, one row per model, with ``k`` known or traced.
 
-``top_mask(mag, k)`` marks the ``k[i]`` largest entries of each row ``mag[i]`` (exactly that
-many; among equal magnitudes the lower index wins, as a stable descending sort would order
-them). It never sorts when ``k`` is a list of Python ints: the ``k``-th largest value comes from
-``torch.kthvalue`` (a selection, linear time), and ties at that value are resolved by a running
-count. When ``k`` is a tensor (densities inside ``vmap``/``compile``) the row is sorted once and
-the threshold gathered at ``k - 1``; the sort does not depend on ``k``, so under ``vmap`` over
-densities it runs once for all candidates.
+``top_mask(rows, k)`` marks the ``k[i]`` largest entries of each row (exactly that many; among
+equal magnitudes the lower index wins, the order of a stable descending sort). Two ways:
+
+- ``k`` a list of Python ints (eager calls): no sort. The ``k``-th largest value comes from
+  ``torch.kthvalue`` (a selection, linear time); entries above it are kept, and ties at it
+  are resolved by a running count, only when there are any.
+- ``k`` a tensor (densities traced by ``vmap``/``compile``): each row is ranked once (a stable
+  sort, then the inverse permutation), and the mask is ``rank < k``. The ranks do not depend
+  on ``k``, so under ``vmap`` over densities they are computed once for all candidates, and
+  each candidate costs one comparison per entry.
 """
 
 from __future__ import annotations
@@ -15,26 +18,30 @@ import torch
 
 from ._inputs import concrete
 
-__all__ = ["Sorted", "top_mask", "count"]
+__all__ = ["Rows", "top_mask", "band_mask", "count"]
 
 
-class Sorted:
-    """A row-wise descending sort of ``mag`` (values only), made on first use."""
+class Rows:
+    """The magnitudes ``mag`` (``(m, n)``) and, made on first use, each entry's rank in its row
+    (0 for the largest; ties by index)."""
 
-    __slots__ = ("mag", "_values")
+    __slots__ = ("mag", "_rank")
 
     def __init__(self, mag: torch.Tensor) -> None:
         self.mag = mag
-        self._values: torch.Tensor | None = None
+        self._rank: torch.Tensor | None = None
 
     @property
-    def values(self) -> torch.Tensor:
-        if self._values is None:
-            self._values = torch.sort(self.mag, dim=-1, descending=True).values
-        return self._values
+    def rank(self) -> torch.Tensor:
+        if self._rank is None:
+            order = torch.sort(self.mag, dim=-1, descending=True, stable=True).indices
+            positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+            self._rank = torch.zeros_like(order).scatter(-1, order, positions)
+        return self._rank
 
 
-def count(fraction: "list[float] | torch.Tensor", n: int, *, at_least_one: bool) -> "list[int] | torch.Tensor":
+def count(fraction: "list[float] | torch.Tensor", n: int, *, at_least_one: bool
+          ) -> "list[int] | torch.Tensor":
     """``int(fraction * n)`` per model (``max(1, ...)`` with ``at_least_one``), as mergekit
     computes it: truncation of the float64 product, so a traced float32 density gives the same
     count as the Python float it holds."""
@@ -44,38 +51,43 @@ def count(fraction: "list[float] | torch.Tensor", n: int, *, at_least_one: bool)
     return k.clamp(1 if at_least_one else 0, n)
 
 
-def _threshold(rows: Sorted, k: "list[int] | torch.Tensor") -> torch.Tensor:
-    """The ``k``-th largest value of each row, shape ``(m, 1)`` (``k >= 1``)."""
-    mag = rows.mag
+def _selected(mag: torch.Tensor, k: list[int]) -> torch.Tensor:
+    """Bool mask of the ``k[i]`` largest of each row (``0 <= k[i] <= n``), by selection."""
     n = mag.shape[-1]
-    if isinstance(k, list):
-        if len(set(k)) == 1:
-            return torch.kthvalue(mag, n - k[0] + 1, dim=-1, keepdim=True).values
-        return torch.stack([torch.kthvalue(mag[i], n - ki + 1, keepdim=True).values
-                            for i, ki in enumerate(k)])
-    return rows.values.gather(-1, (k - 1).clamp(0, n - 1).unsqueeze(-1))
-
-
-def top_mask(rows: Sorted, k: "list[int] | torch.Tensor") -> "torch.Tensor | None":
-    """Bool mask ``(m, n)`` of the ``k[i]`` largest entries of each row; None means all of them
-    (every ``k`` is ``n``: nothing to drop). ``k = 0`` gives an empty row: the threshold is then
-    the row's maximum, nothing is above it and no tie is needed."""
-    mag = rows.mag
-    n = mag.shape[-1]
-    if isinstance(k, list):
-        if all(ki >= n for ki in k):
-            return None
-        kt = torch.tensor(k, device=mag.device).unsqueeze(-1)
-        k = [min(max(ki, 1), n) for ki in k]
+    kk = [min(max(ki, 1), n) for ki in k]
+    if len(set(kk)) == 1:
+        thr = torch.kthvalue(mag, n - kk[0] + 1, dim=-1, keepdim=True).values
     else:
-        kt = k.unsqueeze(-1)
-    thr = _threshold(rows, k)
-    if all(concrete(t) for t in (mag, thr, kt)):  # eager: without ties at the threshold, one comparison is all
-        at_least = mag >= thr
+        thr = torch.stack([torch.kthvalue(mag[i], n - ki + 1, keepdim=True).values
+                           for i, ki in enumerate(kk)])
+    kt = torch.tensor(k, device=mag.device).unsqueeze(-1)
+    if all(concrete(t) for t in (mag, thr)):  # eager: without ties at the threshold (and with
+        at_least = mag >= thr  # no k = 0), one comparison is all
         if bool((at_least.sum(-1, keepdim=True, dtype=torch.int32) == kt).all()):
             return at_least
     above = mag > thr
     at = mag == thr
-    need = kt - above.sum(-1, keepdim=True, dtype=torch.int32)
+    need = kt - above.sum(-1, keepdim=True, dtype=torch.int32)  # k = 0: need <= 0, none kept
     # ties at the threshold: keep the first `need` of them in index order
     return above | (at & (at.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))
+
+
+def top_mask(rows: Rows, k: "list[int] | torch.Tensor") -> "torch.Tensor | None":
+    """Bool mask ``(m, n)`` of the ``k[i]`` largest entries of each row; None means all of them
+    (every ``k`` is ``n``: nothing to drop)."""
+    if isinstance(k, list):
+        if all(ki >= rows.mag.shape[-1] for ki in k):
+            return None
+        return _selected(rows.mag, k)
+    return rows.rank < k.unsqueeze(-1)
+
+
+def band_mask(rows: Rows, low: "list[int] | torch.Tensor", high: "list[int] | torch.Tensor"
+              ) -> torch.Tensor:
+    """Bool mask of the entries ranked in ``[low[i], high[i])`` of each row."""
+    if isinstance(low, list) and isinstance(high, list):
+        keep = top_mask(rows, high)
+        if keep is None:
+            keep = torch.ones_like(rows.mag, dtype=torch.bool)
+        return keep if all(lo <= 0 for lo in low) else keep & ~_selected(rows.mag, low)
+    return (rows.rank >= low.unsqueeze(-1)) & (rows.rank < high.unsqueeze(-1))
