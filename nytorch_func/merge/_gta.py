@@ -57,13 +57,20 @@ def weights_as(w: Coeff, dtype: torch.dtype, device: torch.device,
 
 @dataclasses.dataclass(frozen=True)
 class TaskMerge:
-    """The grouped kernel for one call: weights, sparsifier, consensus, normalize, scale."""
+    """The grouped kernel for one call: weights, sparsifier, consensus, normalize, scale.
+
+    ``select(delta) -> mask | None`` sparsifies by a boolean mask (TIES, breadcrumbs: the
+    values are not changed, so the matrices above are products of the mask with quantities of
+    the unmasked task vectors, computed once); ``sparsify(delta) -> values`` by new values
+    (DARE's rescale). At most one of them is given.
+    """
 
     weights: Coeff
-    sparsify: Callable[[torch.Tensor], torch.Tensor] | None
     consensus: bool
     normalize: bool
     scale: "float | torch.Tensor"
+    select: Callable[[torch.Tensor], "torch.Tensor | None"] | None = None
+    sparsify: Callable[[torch.Tensor], torch.Tensor] | None = None
     cache: dict = dataclasses.field(default_factory=dict)
 
     def __call__(self, specs: list[TensorSpec], bases: list[torch.Tensor],
@@ -72,33 +79,45 @@ class TaskMerge:
         out: list[torch.Tensor] = []
         for chunk in _chunks([t.numel() // t.shape[0] for t in models]):
             merged = self._combine(dtype, [bases[i] for i in chunk], [models[i] for i in chunk])
-            out.extend(p.reshape(specs[i].shape).to(specs[i].dtype)
+            out.extend(_as(p.reshape(specs[i].shape), specs[i].dtype)
                        for p, i in zip(merged, chunk))
         return out
 
     def _combine(self, dtype: torch.dtype, bases: list[torch.Tensor],
                  models: list[torch.Tensor]) -> list[torch.Tensor]:
         m = models[0].shape[0]
-        flat_bases = [b.to(dtype).reshape(-1) for b in bases]
-        xs = []
-        for b, t in zip(flat_bases, models):
-            delta = t.to(dtype).reshape(m, -1) - b
-            xs.append(delta if self.sparsify is None else self.sparsify(delta))
-        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)
+        flat_bases = [_as(b, dtype).reshape(-1) for b in bases]
+        deltas = [_as(t, dtype).reshape(m, -1) - b for b, t in zip(flat_bases, models)]
+        mask = None
+        if self.sparsify is not None:
+            deltas = [self.sparsify(d) for d in deltas]
+        elif self.select is not None:
+            masks = [self.select(d) for d in deltas]
+            if any(k is not None for k in masks):
+                mask = _cat([torch.ones_like(d, dtype=torch.bool) if k is None else k
+                             for d, k in zip(deltas, masks)])
+        x = _cat(deltas)
         w = weights_as(self.weights, dtype, x.device, self.cache)
         if x.is_complex():
             w = w.to(dtype)
-        total = torch.matmul(w, x)  # sum_i w_i x_ij
+
+        def masked(t: torch.Tensor) -> torch.Tensor:
+            return t if mask is None else t * mask
+
+        total = torch.matmul(w, masked(x))  # T = sum_i w_i x_ij
         if self.consensus:
             wabs = w.abs()
-            elected = (total >= 0).to(dtype) * 2 - 1  # (torch.where is slow on CPU)
-            mixed = (total + elected * torch.matmul(wabs, x.abs())) / 2
+            # e = +1 where T >= 0 (T = -0.0 only where every term is 0: nothing to elect)
+            elected = torch.copysign(torch.ones((), dtype=dtype, device=x.device), total)
+            twice = torch.addcmul(total, elected, torch.matmul(wabs, masked(x.abs())))
             if self.normalize:
                 sign = x.sign()
-                agree = torch.matmul(wabs, sign)
-                present = torch.matmul(w, sign.abs())  # sum of the weights of non-zero entries
-                divisor = (elected * agree + present) / 2
-                mixed = mixed / (divisor + (divisor == 0).to(dtype))  # 0 becomes 1
+                agree = torch.matmul(wabs, masked(sign))  # A
+                present = torch.matmul(w, masked(sign.abs()))  # B: weights of non-zero entries
+                divisor = torch.addcmul(present, elected, agree)  # twice the divisor
+                mixed = twice / divisor.add(divisor.eq(0).to(dtype), alpha=2)  # 0 becomes 1
+            else:
+                mixed = twice * 0.5
         else:
             mixed = total
             if self.normalize:
@@ -107,9 +126,17 @@ class TaskMerge:
                                             divisor)
         if not (isinstance(self.scale, float) and self.scale == 1.0):
             mixed = mixed * self.scale
-        if len(xs) == 1:
+        if len(flat_bases) == 1:
             return [flat_bases[0] + mixed]
         return list((torch.cat(flat_bases) + mixed).split([b.numel() for b in flat_bases]))
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _cat(ts: list[torch.Tensor]) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts, dim=-1)
 
 
 _CHUNK = 1 << 18  # entries per model: below it, tensors are concatenated and merged at once

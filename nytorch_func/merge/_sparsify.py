@@ -3,6 +3,7 @@
 - :func:`magnitude` (TIES): keep each row's ``max(1, int(density * n))`` largest magnitudes.
 - :func:`outliers` (breadcrumbs): drop the ``int(gamma * n)`` largest magnitudes, keep the next
   ``int(density * n)``; when both do not fit, keep the smallest ``int(density * n)``.
+  Both return a boolean mask (the kernel multiplies it in where it is cheapest).
 - :func:`random` (DARE): keep each entry with probability ``density``, then rescale the row so
   its L1 norm equals the unsparsified row's (mergekit), by ``1 / density`` (the DARE paper), or
   not at all. The uniform numbers are drawn in float32, one ``torch.rand`` per model and tensor
@@ -29,23 +30,23 @@ def _as_tensor(x: "list[float] | torch.Tensor", like: torch.Tensor) -> torch.Ten
     return x
 
 
-def magnitude(flat: torch.Tensor, density: "list[float] | torch.Tensor") -> torch.Tensor:
-    """``flat`` (``(m, n)``) with all but each row's largest ``max(1, int(density * n))``
-    magnitudes set to zero."""
+def magnitude(flat: torch.Tensor, density: "list[float] | torch.Tensor"
+              ) -> "torch.Tensor | None":
+    """The mask of each row's largest ``max(1, int(density * n))`` magnitudes of ``flat``
+    (``(m, n)``); None when every row keeps everything."""
     if isinstance(density, list) and all(d >= 1 for d in density):
-        return flat
-    mask = top_mask(Rows(flat.abs()), count(density, flat.shape[-1], at_least_one=True))
-    return flat if mask is None else flat * mask
+        return None
+    return top_mask(Rows(flat.abs()), count(density, flat.shape[-1], at_least_one=True))
 
 
 def outliers(flat: torch.Tensor, density: "list[float] | torch.Tensor",
-             gamma: "list[float] | torch.Tensor") -> torch.Tensor:
-    """Breadcrumbs: ``flat`` without its ``int(gamma * n)`` largest and smallest magnitudes,
-    ``int(density * n)`` entries kept per row."""
+             gamma: "list[float] | torch.Tensor") -> "torch.Tensor | None":
+    """Breadcrumbs: the mask of each row without its ``int(gamma * n)`` largest and its
+    smallest magnitudes, ``int(density * n)`` entries kept; None when all are kept."""
     n = flat.shape[-1]
     if isinstance(density, list) and isinstance(gamma, list):
         if all(d >= 1 for d in density):
-            return flat
+            return None
         target = count(density, n, at_least_one=False)
         top = count(gamma, n, at_least_one=False)
         low = [min(g, n - t) for g, t in zip(top, target)]
@@ -55,7 +56,7 @@ def outliers(flat: torch.Tensor, density: "list[float] | torch.Tensor",
         top = count(_as_tensor(gamma, flat), n, at_least_one=False)
         low = torch.minimum(top, n - target)
         high = low + target
-    return flat * band_mask(Rows(flat.abs()), low, high)
+    return band_mask(Rows(flat.abs()), low, high)
 
 
 def random(flat: torch.Tensor, density: "list[float] | torch.Tensor", rescale: "bool | str",

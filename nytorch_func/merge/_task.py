@@ -26,15 +26,16 @@ def _models_mean(spec: Any, base: torch.Tensor | None, models: torch.Tensor) -> 
     return models.to(compute_dtype(spec.dtype)).mean(0)
 
 
-def _run(call: Call, weights: Any, *, sparsify: Any, consensus: bool, normalize: Any,
-         scale: Any) -> Particle:
+def _run(call: Call, weights: Any, *, consensus: bool, normalize: Any, scale: Any,
+         select: Any = None, sparsify: Any = None) -> Particle:
     if not isinstance(normalize, bool):
         raise ArgumentTypeError(f"{call.what}: normalize must be True or False, got "
                                 f"{normalize!r}")
     if consensus:
         refuse_complex(call, "electing a sign per entry needs real values")
     w = coefficient(call.what, "weights", weights, call.m, default=1.0)
-    kernel = TaskMerge(w, sparsify, consensus, normalize, scalar(call.what, "scale", scale))
+    kernel = TaskMerge(w, consensus, normalize, scalar(call.what, "scale", scale),
+                       select=select, sparsify=sparsify)
     return assemble(call, None, _models_mean, grouped=kernel)
 
 
@@ -77,8 +78,7 @@ def task_arithmetic(base: Particle, models: Any, weights: Any = None, *, scale: 
     (torch.Size([3]), True)
     """
     call = read_call("task_arithmetic", base, models, with_base=True, min_models=1)
-    return _run(call, weights, sparsify=None, consensus=False, normalize=normalize,
-                scale=scale)
+    return _run(call, weights, consensus=False, normalize=normalize, scale=scale)
 
 
 def ties(base: Particle, models: Any, weights: Any = None, *, density: Any,
@@ -112,7 +112,7 @@ def ties(base: Particle, models: Any, weights: Any = None, *, density: Any,
     """
     call = read_call("ties", base, models, with_base=True, min_models=1)
     d = _density("ties", density, call.m)
-    return _run(call, weights, sparsify=functools.partial(_sparsify.magnitude, density=d),
+    return _run(call, weights, select=functools.partial(_sparsify.magnitude, density=d),
                 consensus=True, normalize=normalize, scale=scale)
 
 
@@ -186,6 +186,6 @@ def breadcrumbs(base: Particle, models: Any, weights: Any = None, *, density: An
         raise ArgumentTypeError(f"{what}: gamma is required (keyword): the fraction of largest "
                                 "magnitudes to drop, in [0, 1]")
     g = coefficient(what, "gamma", gamma, call.m, low=0.0, high=1.0, as_values=True)
-    sparsify = functools.partial(_sparsify.outliers, density=d, gamma=g)
-    return _run(call, weights, sparsify=sparsify, consensus=_consensus(what, consensus),
+    select = functools.partial(_sparsify.outliers, density=d, gamma=g)
+    return _run(call, weights, select=select, consensus=_consensus(what, consensus),
                 normalize=normalize, scale=scale)
