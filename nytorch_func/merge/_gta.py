@@ -36,7 +36,7 @@ import torch
 
 from nytorch_func._schema import TensorSpec
 
-from ._inputs import Coeff, compute_dtype, real_dtype
+from ._inputs import Coeff, compute_dtype, concrete, real_dtype
 
 __all__ = ["TaskMerge", "weights_as"]
 
@@ -97,6 +97,10 @@ class TaskMerge:
                 mask = _cat([torch.ones_like(d, dtype=torch.bool) if k is None else k
                              for d, k in zip(deltas, masks)])
         x = _cat(deltas)
+        if mask is not None and concrete(mask):  # one mask for every candidate: apply it once
+            x, mask = x * mask, None
+        elif mask is not None:  # per-candidate masks: converted once, multiplied in 2-4 times
+            mask = mask.to(dtype)
         w = weights_as(self.weights, dtype, x.device, self.cache)
         if x.is_complex():
             w = w.to(dtype)
@@ -113,7 +117,10 @@ class TaskMerge:
             if self.normalize:
                 sign = x.sign()
                 agree = torch.matmul(wabs, masked(sign))  # A
-                present = torch.matmul(w, masked(sign.abs()))  # B: weights of non-zero entries
+                if mask is not None and concrete(x) and bool(sign.all()):
+                    present = torch.matmul(w, mask)  # no zero in x: B is the masks' weights
+                else:
+                    present = torch.matmul(w, masked(sign.abs()))  # B: weights of non-zeros
                 divisor = torch.addcmul(present, elected, agree)  # twice the divisor
                 mixed = twice / divisor.add(divisor.eq(0).to(dtype), alpha=2)  # 0 becomes 1
             else:

@@ -37,7 +37,7 @@ def linear(models: Any, weights: Any = None, *, normalize: bool = True) -> Parti
     >>> merge.linear([a, b], [1.0, -1.0])
     Traceback (most recent call last):
     ...
-    nytorch_func._errors.SchemaError: linear: weights sum to zero, so normalize=True would divide by zero; pass normalize=False for a plain weighted sum
+    nytorch_func._errors.SchemaError: linear: weights sum to zero, so normalize=True would ...
     """
     call = read_call("linear", None, models, with_base=False, min_models=1)
     if not isinstance(normalize, bool):

@@ -147,7 +147,7 @@ def dare(base: Particle, models: Any, weights: Any = None, *, density: Any,
     """
     what = "dare"
     call = read_call(what, base, models, with_base=True, min_models=1)
-    if not (isinstance(rescale, bool) or (isinstance(rescale, str) and rescale in ("l1", "inverse"))):
+    if not (isinstance(rescale, bool) or rescale in ("l1", "inverse")):
         raise ArgumentTypeError(f"{what}: rescale must be True or 'l1' (mergekit's L1 rule), "
                                 f"'inverse' (1 / density) or False, got {rescale!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -178,3 +178,17 @@ def test_ties_compiles_with_inductor_and_vmap():
     want = search(W, D)
     for a, b in zip(got.leaves, want.leaves):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_vmap_over_densities_with_exact_zeros_in_the_task_vectors():
+    """Entries a model did not change (delta exactly 0) never agree and never count in TIES's
+    divisor, in the traced path too."""
+    base, models = family("mlp", 3)
+    g = torch.Generator().manual_seed(9)
+    models = [nf.Particle(m.schema, tuple(
+        torch.where(torch.rand(t.shape, generator=g) < 0.5, b, t)
+        for b, t in zip(base.leaves, m.leaves)), None) for m in models]
+    W, D = candidates(7)
+    pop = torch.func.vmap(lambda w, d: merge.ties(base, models, w, density=d))(W, D)
+    singles = [merge.ties(base, models, W[i].tolist(), density=D[i].tolist()) for i in range(C)]
+    assert_population_equals_loop(pop, singles)
