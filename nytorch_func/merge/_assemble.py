@@ -21,9 +21,8 @@ from collections.abc import Callable
 import torch
 
 import nytorch_func as nf
-from nytorch_func._particle import Particle
+from nytorch_func import Particle, TensorSpec
 from nytorch_func._reduce import reset_value
-from nytorch_func._schema import TensorSpec
 
 from ._inputs import Call, compute_dtype, concrete
 
@@ -105,4 +104,4 @@ def assemble(call: Call, kernel: Kernel | None, buffer_mean: BufferMean, *,
         else:
             out.append(keep)  # non-operational or empty parameters, "keep" buffers
     ref = call.base if call.base is not None else pop
-    return Particle._make(s, tuple(out), ref._training, ())
+    return Particle(s, tuple(out), ref.training)

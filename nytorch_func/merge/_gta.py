@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from nytorch_func._schema import TensorSpec
+from nytorch_func import TensorSpec
 
 from ._inputs import Coeff, compute_dtype, concrete, real_dtype
 

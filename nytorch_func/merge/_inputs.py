@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 import nytorch_func as nf
-from nytorch_func import _errors
+from nytorch_func import Particle, _errors
 from nytorch_func._ops import align_all
-from nytorch_func._particle import Particle
 
 __all__ = ["ArgumentTypeError", "Call", "Coeff", "read_call", "coefficient", "scalar",
            "concrete", "compute_dtype", "real_dtype"]
@@ -46,10 +45,6 @@ class Call:
     base: Particle | None
     models: Particle
     m: int
-
-
-def _particle_noun(name: str) -> str:
-    return f"{name} to be a Particle (from nf.from_module)"
 
 
 def read_call(what: str, base: Any, models: Any, *, with_base: bool, min_models: int) -> Call:
@@ -107,9 +102,9 @@ def read_call(what: str, base: Any, models: Any, *, with_base: bool, min_models:
         need = {1: "one model", 2: "two models"}.get(min_models, f"{min_models} models")
         raise nf.SchemaError(f"{what}: needs at least {need}, got {m}")
     if with_base:
-        if base._schema is not pop._schema or base._schema._next is not None:
+        if base.schema is not pop.schema or not base.schema.is_newest:
             base, pop = align_all(what, base, pop)  # operations touch their operands first
-    elif pop._schema._next is not None:
+    elif not pop.schema.is_newest:
         pop = nf.touch(pop)
     return Call(what, base if with_base else None, pop, m)
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 import nytorch_func as nf
-from nytorch_func._particle import Particle
+from nytorch_func import Particle
 
 from ._assemble import assemble
 from ._gta import weights_as

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from nytorch_func._particle import Particle
+from nytorch_func import Particle
 
 from ._assemble import assemble, refuse_complex
 from ._inputs import ArgumentTypeError, compute_dtype, read_call

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nytorch_func._particle import Particle
+from nytorch_func import Particle
 
 from . import _sparsify
 from ._assemble import assemble, refuse_complex
