@@ -13,7 +13,7 @@
 The table (test accuracy on all ten digits, and on each task's digits), a plot and a JSON of the
 results go to ``--out`` (default ``evolve_merge-out/``, ignored by git).
 
-Run: ``python examples/evolve_merge.py`` (about a minute on one CPU thread; ``--quick`` for a
+Run: ``python examples/evolve_merge.py`` (about 15 s on one CPU thread; ``--quick`` for a
 smoke run).
 """
 
