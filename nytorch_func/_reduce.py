@@ -62,7 +62,7 @@ def reset_value(spec: TensorSpec, batch_shape: tuple[int, ...], what: str) -> to
         raise SchemaError(f"{what}: buffer {spec.key!r} has policy 'reset' but no recorded reset "
                           "value; set it again with nf.configure_buffer(p, path, policy='reset', "
                           "value=...)")
-    return value.expand(*batch_shape, *value.shape).clone()
+    return value.expand((*batch_shape, *value.shape)).clone()  # a tuple: 0-dim values too
 
 
 def device_of(pop: Particle) -> torch.device:
