@@ -23,11 +23,9 @@ runs under ``torch.compile``. See ``docs/merging.md``.
 torch.Size([8])
 """
 
-from ._inputs import ArgumentTypeError
 from ._linear import linear
 from ._slerp import slerp
 from ._stock import model_stock
 from ._task import breadcrumbs, dare, task_arithmetic, ties
 
-__all__ = ["linear", "task_arithmetic", "ties", "dare", "breadcrumbs", "slerp", "model_stock",
-           "ArgumentTypeError"]
+__all__ = ["linear", "task_arithmetic", "ties", "dare", "breadcrumbs", "slerp", "model_stock"]

@@ -18,20 +18,12 @@ from typing import Any
 import torch
 
 import nytorch_func as nf
-from nytorch_func import Particle, _errors
-from nytorch_func._ops import align_all
+from nytorch_func import ArgumentTypeError, Particle
+from nytorch_func._arith import align_all
 
-__all__ = ["ArgumentTypeError", "Call", "Coeff", "read_call", "coefficient", "scalar",
+__all__ = ["Call", "Coeff", "read_call", "coefficient", "scalar",
            "concrete", "compute_dtype", "real_dtype"]
 
-
-class _ArgumentTypeError(nf.NytorchFuncError, TypeError):
-    """An argument of the wrong type (a tensor where a particle belongs, a string for a number)."""
-
-
-# The core is gaining nf.ArgumentTypeError; until it lands this package raises its own subclass
-# of the same two bases, so ``except TypeError`` and ``except nf.NytorchFuncError`` both work.
-ArgumentTypeError: type = getattr(_errors, "ArgumentTypeError", _ArgumentTypeError)
 
 Coeff = "list[float] | torch.Tensor"
 
