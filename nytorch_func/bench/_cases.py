@@ -24,6 +24,7 @@ from torch import nn
 import nytorch_func as nf
 
 from ._harness import Case, Side, Target
+from ._training_cases import adam_rows, init_rows
 
 __all__ = ["BUILDERS", "GROUPS", "nytorch_available", "mlp", "raw_snes_step", "gc_workload"]
 
@@ -519,5 +520,9 @@ def p7() -> Built:
 BUILDERS: dict[str, Callable[[], Built]] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "touch": touch_rows, "event": event_rows,
     "io": io_rows, "P7": p7,
+    "init": init_rows,
+    "adam": adam_rows,
 }
-GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7")
+GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7",
+          "init",
+          "adam")

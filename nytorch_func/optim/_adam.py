@@ -18,6 +18,10 @@ from ._state import AdamState, advance, counts, moments, operands
 __all__ = ["Adam", "AdamW"]
 
 
+def _identity(xs: list) -> list:
+    return xs
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Adam:
     """Adam (Kingma & Ba 2015), as ``torch.optim.Adam``; AdamW with ``decoupled_weight_decay``.
@@ -115,8 +119,11 @@ class Adam:
             return p, AdamState(advance(steps, p, pids), m, v, v_max)
         detach = not self.differentiable
         ps = leaves(p, idx, detach)
-        ps_r, gs, ms, vs = K.real_views(ps, leaves(g, idx, detach), leaves(m, idx, False),
-                                        leaves(v, idx, False))
+        ps_r, gs, ms, vs = ps, leaves(g, idx, detach), leaves(m, idx, False), leaves(v, idx, False)
+        back = _identity
+        if any(t.is_complex() for t in ps):  # stepped as pairs of reals, as torch.optim does
+            ps_r, gs, ms, vs = K.real_views(ps_r, gs, ms, vs)
+            back = lambda xs: K.from_real(xs, ps)  # noqa: E731
         batch, device = tuple(p.batch_shape), ps[0].device
         lr = resolve(what, "lr", self.lr, batch, device)
         b1 = resolve(what, "beta1", self.betas[0], batch, device)
@@ -140,7 +147,8 @@ class Adam:
         step_size = [(lr / bc) * -1 for bc in bias1]
         vmax_new = None
         if v_max is not None:
-            vmax_new = K.maximum(K.real_views(leaves(v_max, idx, False))[0], v_new)
+            old = leaves(v_max, idx, False)
+            vmax_new = K.maximum(K.real_views(old)[0] if back is not _identity else old, v_new)
             denom = K.sqrt(vmax_new)
         else:
             denom = K.sqrt(v_new)
@@ -152,10 +160,10 @@ class Adam:
         p_new = K.addcdiv(base, m_new, denom, K.per_leaf_each(step_size, denom))
         state = AdamState(
             advance(steps, p, pids),
-            rebuild(m, idx, K.from_real(m_new, ps)),
-            rebuild(v, idx, K.from_real(v_new, ps)),
-            None if v_max is None else rebuild(v_max, idx, K.from_real(vmax_new, ps)))
-        return rebuild(p, idx, K.from_real(p_new, ps), fresh=detach), state
+            rebuild(m, idx, back(m_new)),
+            rebuild(v, idx, back(v_new)),
+            None if v_max is None else rebuild(v_max, idx, back(vmax_new)))
+        return rebuild(p, idx, back(p_new), fresh=detach), state
 
 
 Adam.__setattr__ = frozen_setattr  # type: ignore[method-assign]  # the typed FrozenError

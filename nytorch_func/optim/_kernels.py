@@ -144,10 +144,15 @@ def maximum(xs: list, ys: list) -> list:
 
 def real_views(*lists: list) -> tuple[list, ...]:
     """Complex tensors as real views ``(..., 2)``, as torch.optim treats complex parameters
-    (real and imaginary parts are separate coordinates); other tensors as they are."""
+    (real and imaginary parts are separate coordinates); other tensors as they are. The lists
+    hold the same parameters, so the first one tells whether there is anything to do."""
+    if not any(t.is_complex() for t in lists[0]):
+        return lists
     return tuple([torch.view_as_real(t) if t.is_complex() else t for t in xs] for xs in lists)
 
 
 def from_real(xs: list, like: Sequence[torch.Tensor]) -> list:
     """Undo :func:`real_views` for the tensors whose counterpart in ``like`` is complex."""
+    if xs is like or not any(t.is_complex() for t in like):
+        return xs
     return [torch.view_as_complex(x) if t.is_complex() else x for x, t in zip(xs, like)]

@@ -18,6 +18,10 @@ from ._state import SGDState, advance, counts, moments, operands
 __all__ = ["SGD"]
 
 
+def _identity(xs: list) -> list:
+    return xs
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SGD:
     """Stochastic gradient descent with momentum, dampening, Nesterov momentum, weight decay
@@ -101,7 +105,11 @@ class SGD:
             return p, SGDState(advance(steps, p, pids), buf)
         detach = not self.differentiable
         ps = leaves(p, idx, detach)
-        ps_r, gs = K.real_views(ps, leaves(g, idx, detach))
+        ps_r, gs = ps, leaves(g, idx, detach)
+        back = _identity
+        if any(t.is_complex() for t in ps):  # stepped as pairs of reals, as torch.optim does
+            ps_r, gs = K.real_views(ps_r, gs)
+            back = lambda xs: K.from_real(xs, ps)  # noqa: E731
         batch, device = tuple(p.batch_shape), ps[0].device
         lr = resolve(what, "lr", self.lr, batch, device)
         wd = resolve(what, "weight_decay", self.weight_decay, batch, device)
@@ -113,7 +121,8 @@ class SGD:
         if buf is not None:
             mom = resolve(what, "momentum", self.momentum, batch, device)
             damp = resolve(what, "dampening", self.dampening, batch, device)
-            (old,) = K.real_views(leaves(buf, idx, False))
+            old = leaves(buf, idx, False)
+            old = K.real_views(old)[0] if back is not _identity else old
             first = [steps.get(pid, 0) == 0 for pid in pids]
             if all(first):
                 bufs = [t.clone() for t in gs]
@@ -121,10 +130,10 @@ class SGD:
                 bufs = K.axpy(K.mul(old, K.per_leaf(mom, old)), gs, K.per_leaf(1 - damp, gs))
                 if any(first):  # torch starts the buffer of a parameter it meets as its gradient
                     bufs = [gi.clone() if f else b for b, gi, f in zip(bufs, gs, first)]
-            new_buf = rebuild(buf, idx, K.from_real(bufs, ps))
+            new_buf = rebuild(buf, idx, back(bufs))
             gs = K.axpy(gs, bufs, K.per_leaf(mom, bufs)) if self.nesterov else bufs
         p_new = K.axpy(ps_r, gs, K.per_leaf(-lr, ps_r))
-        return (rebuild(p, idx, K.from_real(p_new, ps), fresh=detach),
+        return (rebuild(p, idx, back(p_new), fresh=detach),
                 SGDState(advance(steps, p, pids), new_buf))
 
 

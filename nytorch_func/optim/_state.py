@@ -69,7 +69,7 @@ def operands(p: Any, grads: Any, what: str) -> tuple[Particle, Particle]:
     if p._schema is not grads._schema or p._schema._next is not None:  # (compiles: no align)
         p, grads = align(p, grads, what)
     g = grads
-    if tuple(p.batch_shape) != tuple(g.batch_shape):
+    if not same_batch(p, g):
         raise SchemaError(f"{what}: the gradients have batch shape {tuple(g.batch_shape)}, the "
                           f"parameters {tuple(p.batch_shape)}; for a population compute per-member "
                           "gradients with torch.func.vmap(nf.grad(loss), in_dims=(0, ...))")
@@ -92,10 +92,18 @@ def moments(x: Any, p: Particle, name: str, what: str) -> Particle:
                               f"than the parameters ({p._schema.version}); step the newest "
                               "parameters")
         x = touch(x, p._schema, fill="zeros")
-    if tuple(x.batch_shape) != tuple(p.batch_shape):
+    if not same_batch(x, p):
         raise SchemaError(f"{what}: state.{name} has batch shape {tuple(x.batch_shape)}, the "
                           f"parameters {tuple(p.batch_shape)}; make the state with opt.init(p)")
     return x
+
+
+def same_batch(a: Particle, b: Particle) -> bool:
+    """Whether two particles of one schema have one batch shape (read off their first leaf)."""
+    la, lb = a._leaves, b._leaves
+    if la and lb:
+        return la[0].shape == lb[0].shape
+    return tuple(a.batch_shape) == tuple(b.batch_shape)
 
 
 def counts(step: Any, what: str) -> dict[int, int]:
