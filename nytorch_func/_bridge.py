@@ -213,7 +213,18 @@ def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     True
     """
     expect_particle(p, "apply")
+    leaves = p._leaves
+    if (leaves[0].dim() != len(p._schema.leaf_specs[0].shape)) if leaves else p._batch:
+        raise _population_refused(p, "apply")
     return _call(p, _tensors(p)[0], args, kwargs)
+
+
+def _population_refused(p: Particle, what: str) -> SchemaError:
+    """The error for a population given where one model belongs: say how to run all members."""
+    return SchemaError(
+        f"{what}: the particle is a population of batch shape {tuple(p.batch_shape)}, and "
+        f"nf.{what} runs one model. Run every member with torch.func.vmap(nf.{what}, "
+        f"in_dims=(0, None))(pop, x) or nf.vmap_apply(pop, x), or one member with pop[i]")
 
 
 def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Particle]:
@@ -239,6 +250,8 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     """
     expect_particle(p, "apply_with_state")
     s = p._schema
+    if p.batch_shape:
+        raise _population_refused(p, "apply_with_state")
     tensors, shared = _tensors(p)
     out = _call(p, tensors, args, kwargs)
     if not torch.compiler.is_compiling():
