@@ -16,6 +16,7 @@ from ._errors import SchemaError, expect
 from ._particle import Particle, expect_particle
 from ._schema import Schema, TensorSpec, computable, make_skeleton
 from ._species import Species
+from ._state_dict import adopt
 
 __all__ = ["from_module", "to_module", "apply", "apply_with_state", "collect"]
 
@@ -74,8 +75,14 @@ _DEFAULT_CONFIG = ParamConfig()
 _INTEGER_CONFIG = ParamConfig(operational=False)
 
 
-def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
+def from_module(module: nn.Module, *, name: str | None = None,
+                like: Particle | None = None) -> Particle:
     """A new species from ``module``, and its first particle (version 0).
+
+    With ``like=p``: no new species; the module joins ``p``'s species as a particle at its
+    newest version (the module must have exactly that structure: the same submodule classes,
+    parameter and buffer paths, shapes, dtypes, devices and ties; a SchemaError lists every
+    difference). This is how two separately built models are mixed.
 
     Works for any ``nn.Module``. The particle *views* the module's tensors (no copy): its
     leaves are the module's own parameter and buffer objects, so a later in-place change of the
@@ -91,8 +98,18 @@ def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
     (['0.weight', '0.bias', '1.weight', '1.bias'], ['1.running_mean', '1.running_var', '1.num_batches_tracked'])
     >>> p.params["0.weight"] is net[0].weight
     True
+    >>> q = nf.from_module(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)), like=p)
+    >>> q.species is p.species, nf.apply(0.5 * p + 0.5 * q, torch.ones(2, 4)).shape
+    (True, torch.Size([2, 3]))
     """
     expect(module, nn.Module, "from_module", "an nn.Module")
+    if like is not None:
+        if name is not None:
+            raise SchemaError("from_module: name= names a new species; with like= the module "
+                              "joins like's species, so give one or the other")
+        hook = getattr(module, "__nytorch_module__", None)
+        plain = hook() if hook is not None else module
+        return adopt(plain, *collect(plain), like)
     hook = getattr(module, "__nytorch_particle__", None)
     if hook is not None:
         return hook()
