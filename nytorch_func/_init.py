@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,18 +69,27 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _post_order(root: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Every module once, children before their parent (the order construction finishes them)."""
+def _post_order(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every module once, children before their parent (the order construction finishes them).
+
+    Iterative (a recursive closure would be a reference cycle left to the collector).
+    """
+    out: list[tuple[str, nn.Module]] = []
     seen: set[int] = set()
-
-    def walk(path: str, m: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    stack: list[tuple[str, nn.Module, bool]] = [("", root, False)]
+    while stack:
+        path, m, expanded = stack.pop()
+        if expanded:
+            out.append((path, m))
+            continue
+        if id(m) in seen:  # a module registered twice: its first path only
+            continue
         seen.add(id(m))
-        for name, child in m._modules.items():
-            if child is not None and id(child) not in seen:
-                yield from walk(_join(path, name), child)
-        yield path, m
-
-    yield from walk("", root)
+        stack.append((path, m, True))
+        for name, child in reversed(list(m._modules.items())):
+            if child is not None:
+                stack.append((_join(path, name), child, False))
+    return out
 
 
 def _owned_leaves(s: Schema) -> dict[str, dict[str, TensorSpec]]:

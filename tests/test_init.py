@@ -151,3 +151,26 @@ def test_one_member_and_modules_without_tensors():
     assert one.batch_shape == (1,)
     empty = nf.population(nn.ReLU(), 3)
     assert empty.batch_shape == (3,) and len(nf.unstack(empty)) == 3
+
+
+def test_nothing_is_left_to_the_cycle_collector():
+    """P6 for this issue's code: init (vectorised and member by member), optimizers, state_dict."""
+    import gc
+
+    from nytorch_func import optim
+
+    def work():
+        net = nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), Custom(),
+                            nn.MultiheadAttention(4, 2))
+        pop = nf.population(net[0], 3, generator=gen())
+        nf.population(net, 2, generator=gen())
+        grads = pop.zeros()
+        for opt in (optim.Adam(lr=torch.ones(3), amsgrad=True), optim.SGD(momentum=0.9)):
+            pop, _ = opt.step(pop, grads, opt.init(pop))
+        nf.load_state_dict(pop, nf.state_dict(pop))
+        nf.from_module(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), like=pop)
+        nf.mean(nf.configure_buffer(pop, "1", policy="keep"))
+
+    gc.collect()
+    work()
+    assert gc.collect() == 0
