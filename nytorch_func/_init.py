@@ -10,7 +10,8 @@ once: one random draw per leaf of shape ``(n, *shape)``. Any other module with a
 ``nn.Transformer``) has it called member by member on a real copy of that submodule, after
 its children are initialised, as construction runs it; with a ``generator`` each member's call
 runs on its own seed drawn from it, so the result is reproducible and the global RNG is left as
-it was.
+it was (such resets draw from the global RNG, so it is seeded inside ``torch.random.fork_rng``
+for the call: another thread drawing from the global RNG at that moment sees those seeds).
 
 Parameters that no such module initialises (an ``nn.Parameter(torch.ones(3))`` set in a custom
 ``__init__``) keep the source's value in every member, as its constructor made it; so do
