@@ -117,9 +117,9 @@ class Adam:
         idx, pids = computed(p)
         if not idx:
             return p, AdamState(advance(steps, p, pids), m, v, v_max)
-        detach = not self.differentiable
-        ps = leaves(p, idx, detach)
-        ps_r, gs, ms, vs = ps, leaves(g, idx, detach), leaves(m, idx, False), leaves(v, idx, False)
+        fresh = not self.differentiable  # computed under no_grad: no history to cut
+        ps = leaves(p, idx)
+        ps_r, gs, ms, vs = ps, leaves(g, idx), leaves(m, idx), leaves(v, idx)
         back = _identity
         if any(t.is_complex() for t in ps):  # stepped as pairs of reals, as torch.optim does
             ps_r, gs, ms, vs = K.real_views(ps_r, gs, ms, vs)
@@ -147,7 +147,7 @@ class Adam:
         step_size = [(lr / bc) * -1 for bc in bias1]
         vmax_new = None
         if v_max is not None:
-            old = leaves(v_max, idx, False)
+            old = leaves(v_max, idx)
             vmax_new = K.maximum(K.real_views(old)[0] if back is not _identity else old, v_new)
             denom = K.sqrt(vmax_new)
         else:
@@ -163,7 +163,7 @@ class Adam:
             rebuild(m, idx, back(m_new)),
             rebuild(v, idx, back(v_new)),
             None if v_max is None else rebuild(v_max, idx, back(vmax_new)))
-        return rebuild(p, idx, back(p_new), fresh=detach), state
+        return rebuild(p, idx, back(p_new), fresh=fresh), state
 
 
 Adam.__setattr__ = frozen_setattr  # type: ignore[method-assign]  # the typed FrozenError

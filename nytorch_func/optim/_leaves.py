@@ -22,10 +22,10 @@ def computed(p: Particle) -> tuple[tuple[int, ...], list[int]]:
     return idx, [s.leaf_specs[i].pid for i in idx]
 
 
-def leaves(p: Particle, idx: tuple[int, ...], detach: bool) -> list[torch.Tensor]:
+def leaves(p: Particle, idx: tuple[int, ...]) -> list[torch.Tensor]:
+    """The leaves at ``idx``, as they are (a step computes under ``no_grad`` unless it is
+    differentiable, so nothing needs detaching)."""
     ts = p._leaves
-    if detach:
-        return [ts[i].detach() for i in idx]
     return [ts[i] for i in idx]
 
 

@@ -103,9 +103,9 @@ class SGD:
         idx, pids = computed(p)
         if not idx:
             return p, SGDState(advance(steps, p, pids), buf)
-        detach = not self.differentiable
-        ps = leaves(p, idx, detach)
-        ps_r, gs = ps, leaves(g, idx, detach)
+        fresh = not self.differentiable  # computed under no_grad: no history to cut
+        ps = leaves(p, idx)
+        ps_r, gs = ps, leaves(g, idx)
         back = _identity
         if any(t.is_complex() for t in ps):  # stepped as pairs of reals, as torch.optim does
             ps_r, gs = K.real_views(ps_r, gs)
@@ -121,7 +121,7 @@ class SGD:
         if buf is not None:
             mom = resolve(what, "momentum", self.momentum, batch, device)
             damp = resolve(what, "dampening", self.dampening, batch, device)
-            old = leaves(buf, idx, False)
+            old = leaves(buf, idx)
             old = K.real_views(old)[0] if back is not _identity else old
             first = [steps.get(pid, 0) == 0 for pid in pids]
             if all(first):
@@ -133,7 +133,7 @@ class SGD:
             new_buf = rebuild(buf, idx, back(bufs))
             gs = K.axpy(gs, bufs, K.per_leaf(mom, bufs)) if self.nesterov else bufs
         p_new = K.axpy(ps_r, gs, K.per_leaf(-lr, ps_r))
-        return (rebuild(p, idx, back(p_new), fresh=detach),
+        return (rebuild(p, idx, back(p_new), fresh=fresh),
                 SGDState(advance(steps, p, pids), new_buf))
 
 
