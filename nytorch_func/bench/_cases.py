@@ -8,13 +8,9 @@ for it; the library itself never imports it.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import functools
 import gc
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -397,42 +393,6 @@ def event_rows() -> Built:
                  Side("nf.add_param + nf.del_param", ours), base)], skipped
 
 
-# save / load ----------------------------------------------------------------------------------
-
-def io_rows() -> Built:
-    if not hasattr(nf, "save"):
-        return [], {"io": "nf.save/nf.load are not on this branch"}
-    from safetensors.torch import load_file, save_file
-
-    folder = tempfile.mkdtemp(prefix="nf-bench-")
-    atexit.register(shutil.rmtree, folder, True)
-    models = [mlp(POP_SIZES) for _ in range(64)]
-    pop = nf.from_modules(models).detach()
-    classes = [type(models[0])]  # a class made at run time: nf.load never imports code itself
-
-    def ours() -> Callable[[], Any]:
-        path = os.path.join(folder, "ours.safetensors")
-
-        def run() -> Any:
-            nf.save(path, pop)
-            return nf.load(path, classes=classes)
-
-        return run
-
-    def raw() -> Callable[[], Any]:
-        path = os.path.join(folder, "raw.safetensors")
-        tensors = {k: t.contiguous() for k, t in zip(pop.schema.leaf_keys, pop.leaves)}
-
-        def run() -> Any:
-            save_file(tensors, path)
-            return load_file(path)
-
-        return run
-
-    return [Case("io", "io", "save + load a 64-stack (MLP 64-32-10)",
-                 Side("nf.save + nf.load", ours), Side("raw safetensors", raw))], {}
-
-
 # P7: one SNES generation ----------------------------------------------------------------------
 
 def raw_snes_step(state: dict[str, Any], fitness: Callable[[dict], torch.Tensor], *,
@@ -516,8 +476,16 @@ def p7() -> Built:
                  Target("max_ratio", 1.3))], {}
 
 
+def _io_rows() -> Built:
+    if not hasattr(nf, "save"):
+        return [], {"io": "nf.save/nf.load are not on this branch"}
+    from ._io_cases import io_rows
+
+    return io_rows()
+
+
 BUILDERS: dict[str, Callable[[], Built]] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "touch": touch_rows, "event": event_rows,
-    "io": io_rows, "P7": p7,
+    "io": _io_rows, "P7": p7,
 }
 GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7")
