@@ -91,20 +91,22 @@ class Encoder(ValueEncoder):
     # module skeletons -------------------------------------------------------------------------
     def module(self, root: nn.Module, where: Where) -> dict:
         """A skeleton (tensors on any device; only shapes/dtypes are kept) as JSON."""
-        metas: dict[int, int] = {}
-        table: list[dict] = []
+        metas = _Metas()
         for _, t in [*root.named_parameters(remove_duplicate=False),
                      *root.named_buffers(remove_duplicate=False)]:
-            if id(t) not in metas:
-                metas[id(t)] = len(table)
-                table.append({"shape": list(t.shape), "dtype": dtype_name(t.dtype),
-                              "param": isinstance(t, nn.Parameter),
-                              "requires_grad": bool(t.requires_grad)})
+            metas.add(t)
         seen: dict[int, str] = {}
-        return {"$t": "module", "metas": table,
+        return {"$t": "module", "metas": metas.table,
                 "root": self._module_node(root, where, "", metas, seen)}
 
-    def _module_node(self, m: nn.Module, where: Where, path: str, metas: dict[int, int],
+    def _tensor(self, v: torch.Tensor, where: Where, metas: Mapping[int, int] | None) -> Any:
+        if isinstance(metas, _Metas) and id(v) not in metas and v.device.type == "meta":
+            # a data-free tensor the skeleton keeps but does not register (an RNN's
+            # _flat_weights entry of a deleted parameter): its shape and dtype are all of it
+            return {"$t": "meta", "i": metas.add(v)}
+        return super()._tensor(v, where, metas)
+
+    def _module_node(self, m: nn.Module, where: Where, path: str, metas: "_Metas",
                      seen: dict[int, str]) -> dict:
         if id(m) in seen:
             return {"same": seen[id(m)]}
@@ -140,6 +142,25 @@ class Encoder(ValueEncoder):
         fields = {f.name: self.value(getattr(e, f.name), (where, "{}.{}", f.name))
                   for f in dataclasses.fields(e)}
         return {"$t": "event", "kind": e.kind, "v": fields}
+
+
+class _Metas(dict):
+    """The tensors of a skeleton by ``id``: index into ``table`` (shape, dtype, flags)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: list[dict] = []
+        self._keep: list[torch.Tensor] = []
+
+    def add(self, t: torch.Tensor) -> int:
+        i = self.get(id(t))
+        if i is None:
+            i = self[id(t)] = len(self.table)
+            self._keep.append(t)
+            self.table.append({"shape": list(t.shape), "dtype": dtype_name(t.dtype),
+                               "param": isinstance(t, nn.Parameter),
+                               "requires_grad": bool(t.requires_grad)})
+        return i
 
 
 class Decoder(ValueDecoder):

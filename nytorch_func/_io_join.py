@@ -32,9 +32,13 @@ def join(chain: Mapping[int, Schema], s: Species) -> dict[int, Schema]:
     try:
         mine = s.version(base)
     except VersionError as err:
-        raise CheckpointError(f"load: the checkpoint's particles start at version {base}, which "
-                              f"the species {s.name!r} given as species= cannot provide ({err})"
-                              ) from None
+        live = s.live_versions()
+        have = f"its oldest live version is {live[0].version}" if live else "no version is live"
+        raise CheckpointError(
+            f"load: the checkpoint's particles start at version {base}, which the species "
+            f"{s.name!r} given as species= cannot provide ({err}; {have}). Keep a particle of "
+            f"version {base} alive while loading, or load without species= and touch the "
+            "particles") from None
     why = schema_difference(chain[base], mine)
     if why is not None:
         raise _refuse(s, f"version {base}: {why}")
@@ -63,8 +67,14 @@ def schema_difference(a: Schema, b: Schema) -> str | None:
     """The first difference between two schemas (the file's first), or None."""
     if a.next_pid != b.next_pid:
         return f"the next parameter id is {a.next_pid} in the checkpoint, {b.next_pid} here"
-    return (difference(a.specs, b.specs, "specs")
-            or difference(dict(a.shared), dict(b.shared), "shared tensors")
+    keys_a, keys_b = [s.key for s in a.specs], [s.key for s in b.specs]
+    if keys_a != keys_b:
+        return f"the tensors are {keys_a} in the checkpoint, {keys_b} here"
+    for x, y in zip(a.specs, b.specs):
+        why = difference(x, y, f"spec {x.key!r}")
+        if why is not None:
+            return why
+    return (difference(dict(a.shared), dict(b.shared), "shared tensors")
             or difference(a.skeleton, b.skeleton, "module skeleton"))
 
 
@@ -89,6 +99,8 @@ def difference(a: Any, b: Any, where: str) -> str | None:
                 return why
         return None
     if isinstance(a, (tuple, list)):
+        if all(type(x) in (int, str, bool, float) for x in (*a, *b)):
+            return None if a == b else f"{where}: {a!r:.80} in the checkpoint, {b!r:.80} here"
         if len(a) != len(b):
             return f"{where}: {len(a)} entries in the checkpoint, {len(b)} here"
         for i, (x, y) in enumerate(zip(a, b)):

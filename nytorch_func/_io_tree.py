@@ -81,7 +81,15 @@ def _check_leaves(p: Particle, where: str) -> tuple[int, ...]:
                               f"{s.version}) {len(s.leaf_specs)}; it was not built by "
                               "nytorch_func's operations")
     batch = tuple(p.batch_shape)
+    first = s.leaf_keys[0] if s.leaf_keys else None
     for spec, t in zip(s.leaf_specs, p._leaves):
+        if isinstance(t, torch.Tensor) and t.dim() >= len(spec.shape) and tuple(
+                t.shape[:t.dim() - len(spec.shape)]) != batch:
+            raise CheckpointError(
+                f"save: {where} has leaves of different batch shapes ({first!r}: {batch}, "
+                f"{spec.key!r}: {tuple(t.shape[:t.dim() - len(spec.shape)])}); every leaf of a "
+                "particle has the same leading dimensions. It was not built by nytorch_func's "
+                "operations")
         if not (isinstance(t, torch.Tensor) and spec.matches(t, batch)):
             got = (f"[{'x'.join(map(str, t.shape))} {str(t.dtype)[6:]} on {t.device}]"
                    if isinstance(t, torch.Tensor) else type(t).__name__)

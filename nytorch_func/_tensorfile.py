@@ -49,8 +49,15 @@ _MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
 def byte_view(t: torch.Tensor) -> np.ndarray:
-    """The bytes of a contiguous CPU tensor as a uint8 array sharing its memory (no copy)."""
-    return t.detach().reshape(-1).view(torch.uint8).numpy()
+    """The bytes of a contiguous CPU tensor as a uint8 array sharing its memory (no copy).
+
+    A tensor of at most one element can count as contiguous with stride 0 (expanded); it is
+    copied.
+    """
+    flat = t.detach().reshape(-1)
+    if flat.stride(0) != 1:
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8).numpy()
 
 
 def _write_bytes(f: BinaryIO, data: Any) -> None:

@@ -22,7 +22,8 @@ from nytorch_func import _io, _tensorfile
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bytes (so NaN equals NaN)."""
-    flat = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (a, b)]
+    flat = [t.detach().cpu().clone(memory_format=torch.contiguous_format).reshape(-1)
+            .view(torch.uint8) for t in (a, b)]
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(*flat)
 
 
@@ -484,3 +485,16 @@ def test_tampered_metadata_gives_typed_error(saved, edit):
     rewrite(saved, edit)
     with pytest.raises(nf.CheckpointError):
         nf.load(saved)
+
+
+def test_every_single_bit_flip_anywhere_in_the_file_is_caught(tmp_path):
+    """Header length, safetensors header, metadata, payload, tensor bytes: all covered."""
+    path = tmp_path / "small.safetensors"
+    nf.save(path, nf.stack([nf.from_module(nn.Linear(2, 1))] * 2))
+    good = path.read_bytes()
+    for i in range(len(good)):
+        data = bytearray(good)
+        data[i] ^= 0x01 if i % 2 else 0x80
+        path.write_bytes(bytes(data))
+        with pytest.raises(nf.CheckpointError):
+            nf.load(path)
