@@ -19,7 +19,7 @@ both sums (two words within a block swapped, say), which bit rot and torn writes
 >>> import numpy as np
 >>> data = np.arange(10, dtype=np.uint8)
 >>> checksum(data)
-'sum64:0d0c0b0a09080706:0d0c0b0a09080706'
+'sum64:0706050403020a08:0706050403020a08'
 >>> flipped = data.copy(); flipped[3] ^= 1
 >>> checksum(flipped) != checksum(data)
 True

@@ -15,11 +15,8 @@ becomes a JSON scalar, a list, or a tagged object ``{"$t": tag, ...}``:
   what rebuilds the tensor object exactly (``nn.Parameter``, ``requires_grad``, device);
 - ``torch.Generator``: its device and state (a tensor).
 
-The decoder never imports a module named by the data and never runs a class's ``__init__``: a
-class (enum, NamedTuple, ``nn.Module``) is accepted only if the caller passed it (``classes``)
-or its module is already imported; a function only if the caller passed it or it is one of
-torch's tensor-math functions (``torch.*`` operators, ``torch.nn.functional``,
-``torch.special``, ``torch.linalg``, ``torch.fft``, ``torch.nn.init``).
+The decoder never imports a module named by the data and never runs a class's ``__init__``;
+which classes and functions a file may name is :mod:`._codec_names`' job.
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ import enum
 import functools
 import math
 import operator
-import sys
-import types
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -37,19 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentTypeError, CheckpointError, NytorchFuncError
+from ._codec_names import (FUNCTION_TYPES, allowed_classes, function_name, is_namedtuple,
+                           qualified, trusted_class, trusted_function)
+from ._errors import CheckpointError, NytorchFuncError
 
 __all__ = ["TensorTable", "ValueEncoder", "ValueDecoder", "Malformed", "need", "decoding",
-           "lookup", "function_name", "dtype_name", "dtype_named", "allowed_classes", "Where",
-           "described"]
+           "dtype_name", "dtype_named", "Where", "described"]
 
 _SCALARS = (type(None), bool, int, str)
-# Where a file may name a function without the caller passing it: torch's tensor math.
-_TORCH_MATH = frozenset({
-    "torch", "torch.functional", "torch.nn.functional", "torch._C._nn", "torch.special",
-    "torch._C._special", "torch.linalg", "torch._C._linalg", "torch.fft", "torch._C._fft",
-    "torch.nn.init"})
-_FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType)
 
 
 # Where a value sits, for error messages: a string, or ``(parent, format, arg)`` formatted only
@@ -84,56 +74,6 @@ def dtype_named(name: Any) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise Malformed(f"unknown dtype {name!r:.40}")
     return dtype  # type: ignore[return-value]
-
-
-def lookup(module: str, qualname: str) -> Any:
-    """The object ``module.qualname`` if ``module`` is already imported; never imports."""
-    obj: Any = sys.modules.get(module)
-    for part in qualname.split("."):
-        if obj is None or part.startswith("__"):
-            return None
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _qualified(obj: Any) -> tuple[str, str]:
-    return getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", "")
-
-
-def function_name(fn: Any) -> tuple[str, str] | None:
-    """``(module, name)`` under which ``fn`` can be found again, or None (a lambda, a closure).
-
-    torch's builtin operators report a private qualified name (``torch.tanh`` says
-    ``_VariableFunctionsClass.tanh``); they are found under their public name.
-    """
-    module, qualname = _qualified(fn)
-    name = getattr(fn, "__name__", "")
-    candidates = [(module, qualname), (module, name)]
-    if getattr(fn, "__objclass__", None) is torch._C.TensorBase:  # torch.Tensor.relu
-        candidates.append(("torch", f"Tensor.{name}"))
-    for m, q in candidates:
-        if m and q and "<" not in q and lookup(m, q) is fn:
-            return m, q
-    return None
-
-
-def allowed_classes(classes: Iterable[Any], what: str) -> dict[tuple[str, str], Any]:
-    """``classes`` (what a caller trusts beyond torch and imported modules) by qualified name."""
-    if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
-        raise ArgumentTypeError(f"{what}: classes must be a list of classes (nn.Module, Enum or "
-                                f"NamedTuple subclasses) or functions, got {classes!r:.60}")
-    out = {}
-    for c in classes:
-        ok = isinstance(c, type) and (issubclass(c, (nn.Module, enum.Enum)) or _is_namedtuple(c))
-        if not ok and not isinstance(c, _FUNCTION_TYPES):
-            raise ArgumentTypeError(f"{what}: classes may hold nn.Module, Enum and NamedTuple "
-                                    f"classes and module-level functions, got {c!r:.60}")
-        out[_qualified(c)] = c
-    return out
-
-
-def _is_namedtuple(cls: type) -> bool:
-    return issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
 
 
 class TensorTable:
@@ -189,7 +129,7 @@ class ValueEncoder:
             return v if math.isfinite(v) else {"$t": "float", "v": repr(v)}
         if isinstance(v, enum.Enum):
             return self._enum(v, where)
-        if kind in (tuple, list, dict, OrderedDict) or _is_namedtuple(kind):
+        if kind in (tuple, list, dict, OrderedDict) or is_namedtuple(kind):
             return self._container(v, where, metas)
         if kind is complex:
             return {"$t": "complex", "v": [self.value(v.real, where), self.value(v.imag, where)]}
@@ -201,10 +141,10 @@ class ValueEncoder:
             return {"$t": "device", "v": str(v)}
         if isinstance(v, torch.Tensor):
             return self._tensor(v, where, metas)
-        if isinstance(v, _FUNCTION_TYPES):
+        if isinstance(v, FUNCTION_TYPES):
             name = function_name(v)
             if name is None:
-                raise CheckpointError(f"save: {described(where)} is the function {_qualified(v)[1]!r}, which "
+                raise CheckpointError(f"save: {described(where)} is the function {qualified(v)[1]!r}, which "
                                       "cannot be found by name (a lambda, closure or local "
                                       "function); use a module-level function or an nn.Module")
             return {"$t": "fn", "module": name[0], "qualname": name[1]}
@@ -254,7 +194,7 @@ class ValueEncoder:
                 return items
             if type(v) is tuple:
                 return {"$t": "tuple", "v": items}
-            module, qualname = _qualified(type(v))
+            module, qualname = qualified(type(v))
             return {"$t": "ntuple", "class": [module, qualname], "fields": list(v._fields),
                     "v": items}
         finally:
@@ -262,7 +202,7 @@ class ValueEncoder:
 
     def _enum(self, v: enum.Enum, where: Where) -> dict:
         cls = type(v)
-        module, qualname = _qualified(cls)
+        module, qualname = qualified(cls)
         names = None
         if v._name_ in cls.__members__ and cls.__members__[v._name_] is v:
             names = [v._name_]
@@ -379,33 +319,11 @@ class ValueDecoder:
     def cls(self, ref: Any, kind: str, check: Any) -> Any:
         """The class ``[module, qualname]`` names, if trusted and ``check(cls)`` holds."""
         need(isinstance(ref, list) and len(ref) == 2, "bad class reference")
-        module, qualname = self.str(ref[0]), self.str(ref[1])
-        cls = self.allowed.get((module, qualname))
-        if cls is None:
-            cls = lookup(module, qualname)  # only classes of modules already imported
-            if cls is None:
-                raise CheckpointError(
-                    f"load: the checkpoint needs the {kind} class {module}.{qualname}, which is "
-                    "not imported; nf.load never imports code named by a file: import it "
-                    "yourself, or pass it as nf.load(path, classes=[TheClass])")
-        if not (isinstance(cls, type) and check(cls)):
-            raise CheckpointError(f"load: the checkpoint names {module}.{qualname} as {kind} "
-                                  f"class, but it is not one; refusing it")
-        return cls
+        return trusted_class(self.allowed, self.str(ref[0]), self.str(ref[1]), kind, check)
 
     def function(self, module: str, qualname: str) -> Any:
-        fn = self.allowed.get((module, qualname))
-        name = qualname[7:] if module == "torch" and qualname.startswith("Tensor.") else qualname
-        if fn is None and module in _TORCH_MATH and name.isidentifier() and name[0] != "_":
-            fn = lookup(module, qualname)  # a public name of the namespace itself
-            if module == "torch" and not isinstance(
-                    fn, (types.BuiltinFunctionType, types.MethodDescriptorType)):
-                fn = None  # torch.load, torch.compile, ...: not tensor math
-        if not isinstance(fn, _FUNCTION_TYPES):
-            raise CheckpointError(f"load: the checkpoint names the function {module}.{qualname}, "
-                                  "which is not one of torch's tensor-math functions; if you "
-                                  "trust the file, pass it as nf.load(path, classes=[function])")
-        return fn
+        return trusted_function(self.allowed, module, qualname)
+
 
 
 def _dict(dec: ValueDecoder, v: dict, metas: list | None) -> dict:
@@ -430,7 +348,7 @@ def _size(dec: ValueDecoder, v: dict, metas: list | None) -> torch.Size:
 
 
 def _ntuple(dec: ValueDecoder, v: dict, metas: list | None) -> tuple:
-    cls = dec.cls(v.get("class"), "NamedTuple", _is_namedtuple)
+    cls = dec.cls(v.get("class"), "NamedTuple", is_namedtuple)
     fields = v.get("fields")
     if list(cls._fields) != fields:
         raise CheckpointError(f"load: the checkpoint's {cls.__qualname__} has fields {fields}, "

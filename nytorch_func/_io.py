@@ -32,7 +32,8 @@ import torch
 
 from . import _tensorfile
 from ._checksum import checksum
-from ._codec_values import allowed_classes, decoding, need
+from ._codec_names import allowed_classes
+from ._codec_values import decoding, need
 from ._errors import ArgumentTypeError, CheckpointError
 from ._io_join import join
 from ._io_tree import TreeDecoder, TreeEncoder

@@ -17,13 +17,7 @@ from torch import nn
 
 import nytorch_func as nf
 from nytorch_func import _tensorfile, optim
-from test_io import bits_equal, rewrite, same_particle
-
-
-def roundtrip(tmp_path, obj, **kw):
-    path = tmp_path / "state.safetensors"
-    nf.save(path, obj)
-    return nf.load(path, **kw)
+from io_helpers import bits_equal, rewrite, roundtrip, same_particle
 
 
 def same_tree(a, b) -> None:
