@@ -245,7 +245,7 @@ class Decoder(ValueDecoder):
         if "same" in v:
             need(v["same"] in built, "reference to an unknown submodule")
             return built[v["same"]]
-        cls = self.cls(v["class"], "a module", lambda c: issubclass(c, nn.Module))
+        cls = self.cls(v["class"], "nn.Module", lambda c: issubclass(c, nn.Module))
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         built[path] = m

@@ -98,8 +98,9 @@ def trusted_class(allowed: dict, module: str, qualname: str, kind: str, check: A
                 "not imported; nf.load never imports code named by a file: import it "
                 "yourself, or pass it as nf.load(path, classes=[TheClass])")
     if not (isinstance(cls, type) and check(cls)):
-        raise CheckpointError(f"load: the checkpoint names {module}.{qualname} as {kind} "
-                              f"class, but it is not one; refusing it")
+        article = "a" if kind == "NamedTuple" else "an"  # an nn.Module, an Enum
+        raise CheckpointError(f"load: the checkpoint names {module}.{qualname} as {article} "
+                              f"{kind} class, but it is not one; refusing it")
     return cls
 
 

@@ -362,7 +362,7 @@ def test_file_cannot_import_or_name_arbitrary_classes(saved, module_name):
         _first_class(doc)["class"] = [module_name, "system" if module_name == "os" else "Net"]
 
     rewrite(saved, edit)
-    with pytest.raises(nf.CheckpointError, match="not imported|as a module class, but it is not"):
+    with pytest.raises(nf.CheckpointError, match="not imported|as an nn.Module class, but it is not"):
         nf.load(saved)
     assert "nytorch_evil_never_imported" not in sys.modules
 

@@ -168,7 +168,7 @@ def test_tampered_state_is_refused(tmp_path):
         doc["root"]["v"][0][1]["class"] = ["builtins", "dict"]
 
     rewrite(path, misname)
-    with pytest.raises(nf.CheckpointError, match="as NamedTuple class, but it is not"):
+    with pytest.raises(nf.CheckpointError, match="as a NamedTuple class, but it is not"):
         nf.load(path)
 
 
