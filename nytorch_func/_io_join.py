@@ -29,6 +29,9 @@ __all__ = ["join"]
 def join(chain: Mapping[int, Schema], s: Species) -> dict[int, Schema]:
     """``s``'s schemas for the file's versions; CheckpointError naming the first difference."""
     base, head = min(chain), max(chain)
+    if base >= len(s):
+        raise _refuse(s, f"the species ends at version {len(s) - 1}, the checkpoint starts at "
+                         f"version {base}")
     try:
         mine = s.version(base)
     except VersionError as err:
