@@ -49,5 +49,5 @@ def checksum(data: np.ndarray) -> str:
     last = int(words[m:].sum(dtype=np.uint64)) + tail
     weights = np.arange(1, blocks.size + 1, dtype=np.uint64)
     s1 = int(blocks.sum(dtype=np.uint64)) + last
-    s2 = int((blocks * weights).sum(dtype=np.uint64)) + (blocks.size + 1) * last
+    s2 = int(np.dot(blocks, weights)) + (blocks.size + 1) * last  # wraps modulo 2**64
     return f"sum64:{s1 & _MASK:016x}:{s2 & _MASK:016x}"

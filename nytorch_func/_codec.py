@@ -41,6 +41,7 @@ _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _STRUCTURE = frozenset({"training", "_parameters", "_buffers", "_modules",
                         "_non_persistent_buffers_set"})
 _SPEC_FIELDS = {f.name: f for f in dataclasses.fields(TensorSpec)}
+_META = torch.device("meta")
 _SPEC_CORE = frozenset({"key", "kind", "paths", "shape", "dtype", "device"})
 _SPEC_REQUIRED = _SPEC_CORE - {"paths"}
 # every other field, with its default (left out of the file when the spec has it)
@@ -236,7 +237,7 @@ class Decoder(ValueDecoder):
         shape = m["shape"]
         need(isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape),
              "bad skeleton tensor shape")
-        t = torch.empty(shape, dtype=dtype_named(m["dtype"]), device="meta")
+        t = torch.empty(shape, dtype=dtype_named(m["dtype"]), device=_META)
         if m["param"]:
             return nn.Parameter(t, requires_grad=bool(m["requires_grad"]))
         return t

@@ -95,18 +95,25 @@ class TensorTable:
         name = self._ids.get(id(t))
         if name is not None:
             return name
-        if t.layout != torch.strided or t.is_quantized or t.device.type == "meta":
-            raise CheckpointError(f"save: {described(what)} is a {t.layout} / {t.device.type} "
-                                  "tensor; only "
-                                  "dense tensors with data can be saved")
+        device = t.device
+        if t.layout != torch.strided or t.is_quantized or device.type == "meta":
+            raise CheckpointError(f"save: {described(what)} is a {t.layout} / {device.type} "
+                                  "tensor; only dense tensors with data can be saved")
         name = f"t{len(self.tensors)}"
         self._ids[id(t)] = name
         self._keep.append(t)
-        self.tensors[name] = t.detach().to("cpu").contiguous()
+        stored = t.detach()
+        if device.type != "cpu":
+            stored = stored.cpu()
+        self.tensors[name] = stored if stored.is_contiguous() else stored.contiguous()
         self.entries[name] = {"param": isinstance(t, nn.Parameter),
-                              "requires_grad": bool(t.requires_grad),
-                              "device": str(t.device), "what": described(what)}
+                              "requires_grad": t.requires_grad,
+                              "device": _DEVICE_NAMES.get(device) or str(device),
+                              "what": described(what)}
         return name
+
+
+_DEVICE_NAMES = {torch.device("cpu"): "cpu"}
 
 
 class ValueEncoder:

@@ -50,11 +50,6 @@ _PAYLOAD_SUM = "nytorch_func.payload_checksum"
 _PAYLOAD_SHA = "nytorch_func.payload_sha256"  # format version 1
 
 
-def _tensor_checksum(t: torch.Tensor) -> str:
-    """The checksum (:mod:`._checksum`) of a contiguous CPU tensor's bytes, read in place."""
-    return checksum(_tensorfile.byte_view(t))
-
-
 def _text_checksum(text: str) -> str:
     return checksum(np.frombuffer(text.encode(), dtype=np.uint8))
 
@@ -99,19 +94,21 @@ def save(path: str | os.PathLike, obj: Any, *, sync: bool = True) -> None:
     root = enc.tree(obj)
     species = [_encode_species(enc, sp, base) for sp, base in enc.species]
     stored: dict[str, torch.Tensor] = {}
+    views = {}
     entries = enc.table.entries
     for name, t in enc.table.tensors.items():
         entry = entries[name]
         if t.dtype not in _tensorfile.CODES:  # complex128, ...: stored as its bytes
             entry["dtype"], entry["shape"] = str(t.dtype)[6:], list(t.shape)
             t = t.reshape(-1).view(torch.uint8)
-        entry["checksum"] = _tensor_checksum(t)
+        view = views[name] = _tensorfile.byte_view(t)
+        entry["checksum"] = checksum(view)
         stored[name] = t
     payload = json.dumps({"species": species, "root": root, "tensors": entries},
                          allow_nan=False, separators=(",", ":"))
     metadata = {"format": FORMAT, "nytorch_func.format_version": FORMAT_VERSION,
                 _PAYLOAD: payload, _PAYLOAD_SUM: _text_checksum(payload)}
-    _tensorfile.write(target, stored, metadata, sync=sync)
+    _tensorfile.write(target, stored, metadata, sync=sync, views=views)
 
 
 def _encode_species(enc: TreeEncoder, sp: Species, base: Schema) -> dict:
@@ -183,7 +180,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
     if species is not None and not isinstance(species, Species):
         raise ArgumentTypeError(f"load: species must be a Species (p.species), got "
                                 f"{type(species).__name__}")
-    meta, stored = _tensorfile.read(source)
+    meta, stored, views = _tensorfile.read(source)
     if meta.get("format") != FORMAT or _PAYLOAD not in meta:
         raise CheckpointError(f"load: {source!r} is a safetensors file but not a nytorch_func "
                               "checkpoint (no nytorch_func metadata); for plain weights use "
@@ -204,7 +201,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
             extra = sorted(set(stored) - set(entries))
             raise CheckpointError(f"load: the tensors in the file do not match its metadata "
                                   f"(missing {missing[:5]}, unexpected {extra[:5]})")
-        tensors = {name: _verified(name, t, entries[name]) for name, t in stored.items()}
+        tensors = {name: _verified(name, t, views[name], entries[name])
+                   for name, t in stored.items()}
         dec = TreeDecoder(tensors, entries, allowed, device=target, lenient=version == "1")
         chains = [_decode_species(dec, rec) for rec in doc["species"]]
         if species is not None and chains:
@@ -244,13 +242,14 @@ def _payload_intact(payload: str, meta: dict[str, str], version: str) -> bool:
     return _text_checksum(payload) == meta.get(_PAYLOAD_SUM)
 
 
-def _verified(name: str, t: torch.Tensor, entry: Any) -> torch.Tensor:
-    """The stored tensor ``name`` after its checksum, in its saved dtype and shape."""
+def _verified(name: str, t: torch.Tensor, view: np.ndarray, entry: Any) -> torch.Tensor:
+    """The stored tensor ``name`` (``view``: its bytes) after its checksum, in its saved dtype
+    and shape."""
     need(isinstance(entry, dict), f"bad entry for tensor {name}")
     if "sha256" in entry:  # format version 1
-        intact = hashlib.sha256(_tensorfile.byte_view(t).tobytes()).hexdigest() == entry["sha256"]
+        intact = hashlib.sha256(view).hexdigest() == entry["sha256"]
     else:
-        intact = _tensor_checksum(t) == entry["checksum"]
+        intact = checksum(view) == entry["checksum"]
     if not intact:
         raise CheckpointError(f"load: checksum mismatch for tensor {name} ({entry.get('what')}): "
                               "the file is corrupted")

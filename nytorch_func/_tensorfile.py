@@ -54,10 +54,21 @@ def byte_view(t: torch.Tensor) -> np.ndarray:
     A tensor of at most one element can count as contiguous with stride 0 (expanded); it is
     copied.
     """
-    flat = t.detach().reshape(-1)
+    t = t.detach()
+    if t.dtype in _NUMPY:  # numpy's own view: fewer torch calls
+        arr = t.numpy().reshape(-1)
+        if arr.strides != (arr.itemsize,) and arr.size:
+            arr = arr.copy()
+        return arr.view(np.uint8)
+    flat = t.reshape(-1)
     if flat.stride(0) != 1:
         flat = flat.clone(memory_format=torch.contiguous_format)
     return flat.view(torch.uint8).numpy()
+
+
+_NUMPY = frozenset({torch.float64, torch.float32, torch.float16, torch.int64, torch.int32,
+                    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64,
+                    torch.complex128})
 
 
 def _write_bytes(f: BinaryIO, data: Any) -> None:
@@ -102,28 +113,28 @@ def atomic_write(path: str, chunks: Iterable[Any], *, sync: bool = True) -> None
 
 
 def write(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *,
-          sync: bool = True) -> None:
+          sync: bool = True, views: Mapping[str, np.ndarray] | None = None) -> None:
     """Write contiguous CPU ``tensors`` (dtypes in :data:`CODES`) and ``metadata`` atomically
-    (:func:`atomic_write`).
+    (:func:`atomic_write`). ``views``: their :func:`byte_view` s, if the caller has them.
 
     Tensors are laid out by decreasing element size, so each one starts at a multiple of its
     element size (the header is padded to 8 bytes, as the safetensors library does).
     """
     order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable: keeps order
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    views = []
+    chunks = []
     offset = 0
     for name in order:
         t = tensors[name]
-        view = byte_view(t)
+        view = byte_view(t) if views is None else views[name]
         header[name] = {"dtype": CODES[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + view.nbytes]}
         offset += view.nbytes
         if view.nbytes:
-            views.append(view)
+            chunks.append(view)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % 8)
-    atomic_write(path, [len(text).to_bytes(8, "little") + text, *views], sync=sync)
+    atomic_write(path, [len(text).to_bytes(8, "little") + text, *chunks], sync=sync)
 
 
 def _bad(path: str, why: str) -> CheckpointError:
@@ -131,8 +142,8 @@ def _bad(path: str, why: str) -> CheckpointError:
                            f"corrupted?): {why}")
 
 
-def read(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The metadata and tensors of the safetensors file at ``path`` (in file order).
+def read(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """The metadata, tensors and their byte views of the safetensors file at ``path``.
 
     Every check the safetensors library makes is made (header size and JSON, dtype codes,
     shapes matching byte ranges, ranges covering the data exactly); a file that fails one
@@ -164,13 +175,14 @@ def read(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             end = stop
         if 8 + n + end != size:
             raise _bad(path, f"the tensors need {8 + n + end} bytes, the file has {size}")
-        tensors = {}
+        tensors, views = {}, {}
         for name, dtype, shape, begin, stop in layout:
             t = torch.empty(shape, dtype=dtype)
-            if stop > begin and f.readinto(byte_view(t)) != stop - begin:
+            view = views[name] = byte_view(t)
+            if stop > begin and f.readinto(view) != stop - begin:
                 raise _bad(path, f"tensor {name!r} is cut short")
             tensors[name] = t
-    return metadata, tensors
+    return metadata, tensors, views
 
 
 def _entry(path: str, name: str, e: Any) -> tuple[str, torch.dtype, list[int], int, int]:
