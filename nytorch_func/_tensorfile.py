@@ -159,7 +159,7 @@ def read(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, 
             raise _bad(path, f"the header says {n} bytes, the file has {size - 8} after it")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError) as err:
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
             raise _bad(path, f"the header is not JSON ({err})") from None
         if not isinstance(header, dict):
             raise _bad(path, "the header is not a JSON object")

@@ -440,3 +440,55 @@ def test_every_single_bit_flip_anywhere_in_the_file_is_caught(tmp_path):
         path.write_bytes(bytes(data))
         with pytest.raises(nf.CheckpointError):
             nf.load(path)
+
+
+def test_files_are_standard_safetensors_both_ways(tmp_path):
+    """The safetensors library reads our files; our reader reads the library's."""
+    import safetensors
+
+    path = tmp_path / "std.safetensors"
+    tree = {"pop": nf.population(MODELS["conv_bn_seq"][0](), 3),
+            "t": [torch.arange(5, dtype=torch.int16), torch.randn(2, dtype=torch.bfloat16),
+                  torch.ones(3, dtype=torch.bool), torch.zeros(0, 2)]}
+    nf.save(path, tree)
+    plain = safetensors.torch.load_file(str(path))
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["nytorch_func.format_version"] == "2"
+        assert set(f.keys()) == set(plain)
+    assert any(torch.equal(t, tree["t"][1]) for t in plain.values() if t.dtype == torch.bfloat16)
+    rewrite(path, lambda doc: None)  # written again by the safetensors library
+    back = nf.load(path)
+    same_particle(tree["pop"], back["pop"])
+    assert all(torch.equal(a, b) for a, b in zip(tree["t"], back["t"]))
+
+
+@pytest.mark.parametrize("header", [b"[" * 100_000, b'{"a":' * 100_000, b'{"__metadata__": 3}',
+                                    b'{"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}',
+                                    b'{"t": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}'])
+def test_hostile_safetensors_headers_are_typed_errors(tmp_path, header):
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(nf.CheckpointError, match="not a readable safetensors file"):
+        nf.load(path)
+
+
+def test_deeply_nested_payload_is_a_typed_error(tmp_path):
+    import json
+
+    import safetensors
+
+    from nytorch_func import _io
+
+    path = tmp_path / "n.safetensors"
+    nf.save(path, nf.from_module(nn.Linear(1, 1)))
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["nytorch_func.payload"])
+    doc["root"] = "HERE"
+    payload = json.dumps(doc).replace('"HERE"', "[" * 50_000 + "]" * 50_000)
+    meta["nytorch_func.payload"] = payload
+    meta["nytorch_func.payload_checksum"] = _io._text_checksum(payload)
+    safetensors.torch.save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(nf.CheckpointError, match="malformed"):
+        nf.load(path)
