@@ -344,7 +344,7 @@ _ATTRS = st.sampled_from([Mode.PLUS, Color.RED, Perm.READ | Perm.WRITE, torch.ta
                           (Mode.MINUS, {"k": [None, True]})])
 
 
-@settings(max_examples=25, deadline=None,
+@settings(deadline=None,  # examples: the profile's (25 in "dev", 200 in "ci")
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(module=nft.modules(), attrs=st.lists(_ATTRS, max_size=3), n=st.integers(0, 3),
        shared=st.booleans(), data=st.data())
