@@ -394,7 +394,11 @@ def _generator(dec: ValueDecoder, v: dict, metas: list | None) -> torch.Generato
                               "g.get_state() and seed a new generator yourself")
     state = dec.value(v.get("state"))
     need(isinstance(state, torch.Tensor) and state.dtype == torch.uint8, "bad generator state")
-    g = torch.Generator(device=device)
+    try:
+        g = torch.Generator(device=device)
+    except RuntimeError as err:
+        raise CheckpointError(f"load: a torch.Generator was saved on {saved}, which is not "
+                              f"available here ({err})") from None
     g.set_state(state.detach().cpu())
     return g
 
