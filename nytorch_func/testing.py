@@ -313,7 +313,7 @@ def random_particle(source: Any, seed: int = 0) -> nf.Particle:
     schema = p.schema
     out = []
     for path, leaf in zip(paths, leaves):
-        kind = schema.by_key[path[0]].kind
+        kind = schema.by_path[path[0]].kind
         if not leaf.is_floating_point():
             new = leaf.clone()
         elif kind == "param":

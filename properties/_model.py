@@ -43,6 +43,7 @@ class Group:
 @dataclasses.dataclass
 class Model:
     groups: list[Group]
+    indexed: set[str] = dataclasses.field(default_factory=set)  # Sequential/ModuleList paths
 
     @classmethod
     def of(cls, p: nf.Particle) -> "Model":
@@ -50,10 +51,11 @@ class Model:
         for spec in p.schema.specs:
             groups.append(Group(set(spec.paths), spec.kind, p[spec.key].detach().clone(),
                                 spec.config, spec.policy))
-        return cls(groups)
+        return cls(groups, _indexed(p.schema.skeleton, ""))
 
     def copy(self) -> "Model":
-        return Model([dataclasses.replace(g, paths=set(g.paths)) for g in self.groups])
+        return Model([dataclasses.replace(g, paths=set(g.paths)) for g in self.groups],
+                     set(self.indexed))
 
     def by_path(self) -> dict[str, Group]:
         return {path: g for g in self.groups for path in g.paths}
@@ -79,11 +81,20 @@ class Model:
                                             nf.ParamConfig() if what == "param" else None)
                         new.groups.append(seen[id(t)])
                     seen[id(t)].paths.add(f"{path}.{sub}")
+            new.indexed |= _indexed(module, path)
         elif kind in ("del_param", "del_buffer", "set_none", "del_module"):
             gone = lambda q: q == path or q.startswith(path + ".")  # noqa: E731
             for g in new.groups:
                 g.paths = {q for q in g.paths if not gone(q)}
             new.groups = [g for g in new.groups if g.paths]
+            new.indexed = {q for q in new.indexed if not gone(q)}
+            parent, _, name = path.rpartition(".")
+            if kind == "del_module" and parent in self.indexed and name.isdigit():
+                # del seq[i]: the later children move down one place
+                shift = lambda q: _shifted(q, parent, int(name))  # noqa: E731
+                for g in new.groups:
+                    g.paths = {shift(q) for q in g.paths}
+                new.indexed = {shift(q) for q in new.indexed}
         elif kind == "configure":
             source = (initiator or self).by_path()
             changes = {k: opts[k] for k in ("operational", "clone") if k in opts}
@@ -155,6 +166,24 @@ class Model:
                                   want.double() if want.is_floating_point() else want,
                                   rtol=rtol, atol=atol, equal_nan=True):
                 raise AssertionError(f"{path!r} holds {value}, expected {want}")
+
+
+def _indexed(module: nn.Module, prefix: str) -> set[str]:
+    """Paths of the Sequential/ModuleList modules in ``module`` (rooted at ``prefix``)."""
+    return {f"{prefix}.{sub}".strip(".") if sub else prefix
+            for sub, m in module.named_modules(remove_duplicate=False)
+            if isinstance(m, (nn.Sequential, nn.ModuleList))}
+
+
+def _shifted(path: str, parent: str, index: int) -> str:
+    """``path`` with its child index under ``parent`` lowered by one if it is above ``index``."""
+    head = f"{parent}." if parent else ""
+    if not path.startswith(head):
+        return path
+    first, dot, rest = path[len(head):].partition(".")
+    if first.isdigit() and int(first) > index:
+        return f"{head}{int(first) - 1}{dot}{rest}"
+    return path
 
 
 def apply_chain(p: nf.Particle, chain: list[nft.Edit]) -> tuple[nf.Particle, list[nf.Particle]]:
