@@ -380,3 +380,21 @@ def test_rnn_skeleton_keeping_a_removed_weight_saves(tmp_path, edit):
     same_everything(q, back[1])
     flat = back[1].schema.skeleton[0]._flat_weights
     assert flat[3].device.type == "meta" and flat[3].shape == (12,)
+
+
+def test_growth_events_replay_after_loading(tmp_path):
+    """widen, insert_module and deepen (Resize events and renumbering) round-trip and replay."""
+    torch.manual_seed(0)
+    p = nf.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    old = nf.population(p, 3)
+    q = nf.widen(p, "0", ["2"], 2)
+    q = nf.insert_module(q, "", 2, nn.Tanh())
+    q = nf.deepen(q, "0")
+    back = roundtrip(tmp_path, {"old": old, "new": q})
+    same_everything(q, back["new"])
+    same_everything(nf.touch(old), nf.touch(back["old"]))
+    x = torch.randn(5, 3)
+    run = torch.func.vmap(nf.apply, in_dims=(0, None))
+    assert torch.equal(run(nf.touch(back["old"]), x), run(nf.touch(old), x))
+    joined = nf.load(tmp_path / "ckpt.safetensors", species=q.species)
+    assert joined["new"].schema is q.schema and joined["old"].schema is old.schema
