@@ -1,219 +1,170 @@
-"""save / load: particles and their species' history in one safetensors file, no pickle.
+"""save / load: particles, training state and their species' history in one safetensors file.
 
-File layout: every tensor (particle leaves, shared tensors, event snapshots) is a tensor of one
-safetensors file; the safetensors metadata header carries
+File layout (format version 2): every tensor (particle leaves, plain tensors of the saved tree,
+shared tensors, event snapshots, reset values) is a tensor of one safetensors file; the
+safetensors metadata header carries
 
-- ``format``: ``"nytorch_func"`` and ``nytorch_func.format_version``,
+- ``format``: ``"nytorch_func"`` and ``nytorch_func.format_version``: ``"2"``,
 - ``nytorch_func.payload``: JSON with, per species, the schema of the oldest saved version
   (module skeleton, tensor specs, shared tensors) and every event from there to the head, the
-  shape of what was saved (a particle, or lists/tuples/dicts of them) and, per tensor, its
-  sha256 and what it is,
-- ``nytorch_func.payload_sha256``: the sha256 of that JSON text.
+  saved tree (particles, plain values, containers, NamedTuples, generators) and, per tensor,
+  its checksum (:mod:`._checksum`) and what it is,
+- ``nytorch_func.payload_checksum``: the checksum of that JSON text.
 
 Loading replays the events on the decoded base schema, so the loaded species has the very
-version numbers, parameter ids and events of the saved one. The JSON is decoded by
+version numbers, parameter ids and events of the saved one (or, with ``species=``, the
+particles join a live species whose history the file's is a prefix of). The JSON is decoded by
 :mod:`._codec`, which never imports a module named by the file and never calls a model class's
-``__init__``. Writes go to a temporary file in the same directory, are fsynced, and replace the
-target in one ``os.replace``: a crash mid-save leaves the previous checkpoint intact.
+``__init__``. Writes are atomic (:mod:`._tensorfile`). Files of format version 1 (sha256
+checksums, no reset values or batch shapes of leafless particles) still load.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import stat
-import tempfile
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import Any
 
-import safetensors
-import safetensors.torch
+import numpy as np
 import torch
-from torch import nn
 
-from ._codec import Decoder, Encoder, decoding
-from ._errors import CheckpointError
-from ._particle import Particle
+from . import _tensorfile
+from ._checksum import checksum
+from ._codec_names import allowed_classes
+from ._codec_values import decoding, need
+from ._errors import ArgumentTypeError, CheckpointError
+from ._io_join import join
+from ._io_tree import TreeDecoder, TreeEncoder
 from ._schema import Schema
 from ._species import Species
 
 __all__ = ["save", "load", "CheckpointError"]
 
 FORMAT = "nytorch_func"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+_READS = ("1", "2")
 _PAYLOAD = "nytorch_func.payload"
-_PAYLOAD_SHA = "nytorch_func.payload_sha256"
+_PAYLOAD_SUM = "nytorch_func.payload_checksum"
+_PAYLOAD_SHA = "nytorch_func.payload_sha256"  # format version 1
 
 
-def digest(t: torch.Tensor) -> str:
-    """sha256 of a tensor's bytes (row-major, as stored)."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-    return hashlib.sha256(flat.numpy().tobytes()).hexdigest()
+def _text_checksum(text: str) -> str:
+    return checksum(np.frombuffer(text.encode(), dtype=np.uint8))
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (used by nytorch_func.distributed's manifests)."""
+    _tensorfile.atomic_write(path, [data])
 
 
 # saving -----------------------------------------------------------------------------------------
 
-def save(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` (a particle, a population, or a list/tuple/dict of them) to ``path``.
+def save(path: str | os.PathLike, obj: Any, *, sync: bool = True) -> None:
+    """Write ``obj`` to ``path``: particles and populations, alone or inside training state.
 
-    One safetensors file holds every tensor; the species' history (module skeleton, parameter
-    specs and configs, and every event since the oldest saved version) is JSON in its metadata
-    header, with a sha256 per tensor. No pickle is used, so :func:`load` of an untrusted file
-    cannot run code. The write is atomic: the old file stays intact if saving fails.
+    ``obj`` is a particle or any tree of particles, tensors, Python numbers, strings and
+    ``None``, dicts, lists, tuples, ``NamedTuple`` s (optimizer states), enum members and
+    ``torch.Generator`` s. One safetensors file holds every tensor; the species' history (module
+    skeleton, parameter specs and configs, and every event since the oldest saved version) is
+    JSON in its metadata header, with a checksum per tensor. No pickle is used, so :func:`load`
+    of an untrusted file cannot run code. The write is atomic: the old file stays intact if
+    saving fails or the process dies. ``sync=True`` (the default, as
+    ``torch.distributed.checkpoint``'s ``sync_files``) also fsyncs the file and its directory,
+    so a finished save survives a power loss; ``sync=False`` skips that (as ``torch.save``
+    does) for frequent, cheap checkpoints. A particle whose tensors disagree with its schema
+    is refused.
 
     >>> import os, tempfile, torch, nytorch_func as nf
     >>> p = nf.from_module(torch.nn.Linear(3, 2))
     >>> q = nf.add_param(p, "scale", torch.nn.Parameter(torch.ones(2)))
     >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
-    >>> nf.save(path, {"old": p, "new": q})
+    >>> nf.save(path, {"old": p, "new": q, "step": 7})
     >>> back = nf.load(path)
     >>> back["old"].version, back["new"].version, back["old"].species is back["new"].species
     (0, 1, True)
-    >>> torch.equal(nf.touch(back["old"])["scale"], q["scale"])
-    True
+    >>> torch.equal(nf.touch(back["old"])["scale"], q["scale"]), back["step"]
+    (True, 7)
     """
     target = _path(path, "save")
-    enc = Encoder()
-    species_index: dict[int, int] = {}
-    oldest: dict[int, Schema] = {}
-    order: list[Species] = []
-    _visit(obj, "", species_index, oldest, order)
-    species = [_encode_species(enc, sp, oldest[id(sp)], i) for i, sp in enumerate(order)]
-    root = _encode_tree(enc, obj, "", species_index)
-    table = enc.table
-    entries = {name: {**entry, "sha256": digest(table.tensors[name])}
-               for name, entry in table.entries.items()}
+    if not isinstance(sync, bool):
+        raise ArgumentTypeError(f"save: sync must be True or False, got {type(sync).__name__}")
+    enc = TreeEncoder()
+    root = enc.tree(obj)
+    species = [_encode_species(enc, sp, base) for sp, base in enc.species]
+    stored: dict[str, torch.Tensor] = {}
+    views = {}
+    entries = enc.table.entries
+    for name, t in enc.table.tensors.items():
+        entry = entries[name]
+        if t.dtype not in _tensorfile.CODES:  # complex128, ...: stored as its bytes
+            entry["dtype"], entry["shape"] = str(t.dtype)[6:], list(t.shape)
+            t = t.reshape(-1).view(torch.uint8)
+        view = views[name] = _tensorfile.byte_view(t)
+        entry["checksum"] = checksum(view)
+        stored[name] = t
     payload = json.dumps({"species": species, "root": root, "tensors": entries},
                          allow_nan=False, separators=(",", ":"))
     metadata = {"format": FORMAT, "nytorch_func.format_version": FORMAT_VERSION,
-                _PAYLOAD: payload,
-                _PAYLOAD_SHA: hashlib.sha256(payload.encode()).hexdigest()}
-    data = safetensors.torch.save(table.tensors, metadata=metadata)
-    _atomic_write(target, data)
+                _PAYLOAD: payload, _PAYLOAD_SUM: _text_checksum(payload)}
+    _tensorfile.write(target, stored, metadata, sync=sync, views=views)
 
 
-def _visit(x: Any, where: str, species_index: dict[int, int], oldest: dict[int, Schema],
-           order: list[Species]) -> None:
-    """Check what is saved and find, per species, the oldest saved version (no closures: a
-    recursive closure would be a reference cycle holding schemas)."""
-    if isinstance(x, Particle):
-        sp = x._schema.species
-        if id(sp) not in species_index:
-            species_index[id(sp)] = len(order)
-            order.append(sp)
-            oldest[id(sp)] = x._schema
-        elif x._schema.version < oldest[id(sp)].version:
-            oldest[id(sp)] = x._schema
-    elif isinstance(x, (list, tuple)):
-        for i, y in enumerate(x):
-            _visit(y, f"{where}[{i}]", species_index, oldest, order)
-    elif isinstance(x, dict):
-        for k, y in x.items():
-            if not isinstance(k, str):
-                raise CheckpointError(f"save: dict keys must be strings, got {k!r} at {where}")
-            _visit(y, f"{where}[{k!r}]", species_index, oldest, order)
-    else:
-        raise CheckpointError(f"save: {where or 'the object'} is a {type(x).__name__}; save "
-                              "takes a Particle or lists/tuples/dicts of Particles (for plain "
-                              "PyTorch weights use nf.to_module(p).state_dict())")
-
-
-def _encode_species(enc: Encoder, sp: Species, base: Schema, index: int) -> dict:
+def _encode_species(enc: TreeEncoder, sp: Species, base: Schema) -> dict:
     where = f"species {sp.name!r}"
     events = []
     schema = base
     while schema._next is not None:
         event, schema = schema._next.event, schema._next.schema
-        events.append(enc.event(event, f"{where} event v{schema.version - 1}->v{schema.version}"))
+        events.append(enc.event(event, (where, "{} event to v{}", schema.version)))
     name = sp.name.rpartition("#")[0] or sp.name
     return {
         "name": name, "uid": sp.uid, "head": schema.version,
         "base": {
             "version": base.version, "next_pid": base.next_pid,
-            "skeleton": enc.module(base.skeleton, f"{where} v{base.version}"),
-            "specs": [enc.spec(s, f"{where} spec {s.key}") for s in base.specs],
-            "shared": [[k, enc.value(t, f"{where} v{base.version} shared {k!r}")]
+            "skeleton": enc.module(base.skeleton, (where, "{} v{}", base.version)),
+            "specs": [enc.spec(s, (where, "{} spec {}", s.key)) for s in base.specs],
+            "shared": [[k, enc.value(t, (where, "{} shared {!r}", k))]
                        for k, t in base.shared.items()],
         },
         "events": events,
     }
 
 
-def _encode_tree(enc: Encoder, x: Any, where: str, species_index: dict[int, int]) -> Any:
-    if isinstance(x, Particle):
-        s = x._schema
-        leaves = [enc.table.add(t, f"particle {where or '<root>'} leaf {k!r}")
-                  for k, t in zip(s.leaf_keys, x._leaves)]
-        return {"$t": "particle", "species": species_index[id(s.species)], "version": s.version,
-                "training": x._training, "leaves": leaves}
-    if isinstance(x, dict):
-        return {"$t": "dict", "v": [[k, _encode_tree(enc, y, f"{where}[{k!r}]", species_index)]
-                                    for k, y in x.items()]}
-    tag = "tuple" if isinstance(x, tuple) else "list"
-    return {"$t": tag, "v": [_encode_tree(enc, y, f"{where}[{i}]", species_index)
-                             for i, y in enumerate(x)]}
-
-
 def _path(path: Any, what: str) -> str:
     if not isinstance(path, (str, os.PathLike)):
-        raise CheckpointError(f"{what}: path must be a str or os.PathLike, got "
-                              f"{type(path).__name__}")
+        raise ArgumentTypeError(f"{what}: path must be a str or os.PathLike, got "
+                                f"{type(path).__name__}")
     return os.fspath(path)
-
-
-def _write_bytes(f: BinaryIO, data: bytes) -> None:
-    """The one place bytes reach the disk (tests make it fail midway)."""
-    f.write(data)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file in the same dir and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # loading ----------------------------------------------------------------------------------------
 
-def load(path: str | os.PathLike, *, classes: Iterable[Any] = ()) -> Any:
-    """Read what :func:`save` wrote, in the same shape (a particle, list, tuple or dict).
+def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
+         species: Species | None = None, classes: Iterable[Any] = ()) -> Any:
+    """Read what :func:`save` wrote, in the same shape.
 
     Particles saved together that share a species share one (new) species on load, with the
     same version numbers, parameter ids and events, so an old-version particle touched forward
-    gets exactly what the original would have. Module classes are rebuilt without running their
-    ``__init__``; a class is only accepted if it is a ``torch.nn`` module, already imported, or
-    passed in ``classes`` (which may also hold module-level functions a model keeps as an
-    attribute). A truncated, corrupted or tampered file raises :class:`CheckpointError`.
+    gets exactly what the original would have.
+
+    ``device``: load every tensor onto this device instead of the one it was saved on (the
+    species' specs, snapshots and ``nf.to`` events follow: everything the file says lived on a
+    device now lives on ``device``). ``species``: join this live species instead of making a
+    new one; the file's history must be a prefix of (or equal to) the species' history, else a
+    :class:`CheckpointError` names the first difference. ``classes``: module, enum and
+    NamedTuple classes (and module-level functions) the file may name beyond ``torch`` and
+    modules already imported; nf.load never imports code named by a file and never calls a
+    class's ``__init__``. A truncated, corrupted or tampered file raises
+    :class:`CheckpointError`.
 
     >>> import os, tempfile, torch, nytorch_func as nf
     >>> pop = nf.population(torch.nn.Linear(2, 2), 4)
     >>> path = os.path.join(tempfile.mkdtemp(), "pop.safetensors")
     >>> nf.save(path, pop)
-    >>> back = nf.load(path)
-    >>> back.batch_shape, torch.equal(back["weight"], pop["weight"])
+    >>> back = nf.load(path, species=pop.species)   # joins: combines with live particles
+    >>> back.batch_shape, torch.equal((back - pop)["weight"], torch.zeros(4, 2, 2))
     (torch.Size([4]), True)
     >>> with open(path, "r+b") as f:  # flip one byte at the end of the tensor data
     ...     _ = f.seek(-1, os.SEEK_END); b = f.read(1); _ = f.seek(-1, os.SEEK_END)
@@ -224,81 +175,109 @@ def load(path: str | os.PathLike, *, classes: Iterable[Any] = ()) -> Any:
     nytorch_func._errors.CheckpointError: load: checksum mismatch for tensor ...
     """
     source = _path(path, "load")
-    allowed = _classes(classes)
-    meta, tensors = _read(source)
+    allowed = allowed_classes(classes, "load")
+    target = _device(device)
+    if species is not None and not isinstance(species, Species):
+        raise ArgumentTypeError(f"load: species must be a Species (p.species), got "
+                                f"{type(species).__name__}")
+    meta, stored, views = _tensorfile.read(source)
     if meta.get("format") != FORMAT or _PAYLOAD not in meta:
         raise CheckpointError(f"load: {source!r} is a safetensors file but not a nytorch_func "
                               "checkpoint (no nytorch_func metadata); for plain weights use "
                               "safetensors.torch.load_file and module.load_state_dict")
-    if meta.get("nytorch_func.format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"load: checkpoint format version "
-                              f"{meta.get('nytorch_func.format_version')!r} is not supported "
-                              f"(this nytorch_func reads version {FORMAT_VERSION})")
+    version = meta.get("nytorch_func.format_version")
+    if version not in _READS:
+        raise CheckpointError(f"load: checkpoint format version {version!r} is not supported "
+                              f"(this nytorch_func reads versions {', '.join(_READS)})")
     payload = meta[_PAYLOAD]
-    if hashlib.sha256(payload.encode()).hexdigest() != meta.get(_PAYLOAD_SHA):
+    if not _payload_intact(payload, meta, version):
         raise CheckpointError(f"load: the metadata of {source!r} does not match its checksum; "
                               "the file is corrupted or was edited")
     with decoding("load"):
         doc = json.loads(payload)
         entries = doc["tensors"]
-        if not isinstance(entries, dict) or set(entries) != set(tensors):
-            missing = sorted(set(entries) - set(tensors))
-            extra = sorted(set(tensors) - set(entries))
+        if not isinstance(entries, dict) or set(entries) != set(stored):
+            missing = sorted(set(entries) - set(stored))
+            extra = sorted(set(stored) - set(entries))
             raise CheckpointError(f"load: the tensors in the file do not match its metadata "
                                   f"(missing {missing[:5]}, unexpected {extra[:5]})")
-        for name, t in tensors.items():
-            if digest(t) != entries[name]["sha256"]:
-                raise CheckpointError(f"load: checksum mismatch for tensor {name} "
-                                      f"({entries[name].get('what')}): the file is corrupted")
-        dec = Decoder(tensors, entries, allowed)
+        tensors = {name: _verified(name, t, views[name], entries[name])
+                   for name, t in stored.items()}
+        dec = TreeDecoder(tensors, entries, allowed, device=target, lenient=version == "1")
         chains = [_decode_species(dec, rec) for rec in doc["species"]]
-        return _decode_tree(dec, doc["root"], chains)
+        if species is not None and chains:
+            if len(chains) > 1:
+                raise CheckpointError(f"load: the checkpoint holds {len(chains)} species; "
+                                      "species= joins a checkpoint of one species (save "
+                                      "particles of different species in separate files)")
+            chains = [join(chains[0], species)]
+        return dec.tree(doc["root"], chains)
 
 
-def _classes(classes: Iterable[Any]) -> tuple:
-    if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
-        raise CheckpointError(f"load: classes must be a list of nn.Module classes (or functions), "
-                              f"got {classes!r:.60}")
-    out = tuple(classes)
-    for c in out:
-        ok = isinstance(c, type) and issubclass(c, nn.Module)
-        if not ok and not (callable(c) and not isinstance(c, type) and hasattr(c, "__qualname__")):
-            raise CheckpointError(f"load: classes may hold nn.Module subclasses and module-level "
-                                  f"functions, got {c!r:.60}")
+def _device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise ArgumentTypeError(f"load: device must be a str or torch.device, got "
+                                f"{type(device).__name__}")
+    try:
+        out = torch.device(device)
+    except RuntimeError as err:
+        raise CheckpointError(f"load: {device!r} is not a device ({err})") from None
+    if out.type == "meta":
+        raise CheckpointError("load: device='meta' holds no data, so a checkpoint cannot be "
+                              "loaded onto it; load onto a real device (e.g. 'cpu') and make "
+                              "meta copies yourself if you need them")
+    try:
+        torch.empty(0, device=out)
+    except (RuntimeError, AssertionError) as err:
+        raise CheckpointError(f"load: device {str(out)!r} is not available here ({err})"
+                              ) from None
     return out
 
 
-def _read(source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    with open(source, "rb"):  # a missing/unreadable file raises the usual OSError
-        pass
-    try:
-        with safetensors.safe_open(source, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # noqa: BLE001 - safetensors raises several kinds for bad files
-        raise CheckpointError(f"load: {source!r} is not a readable safetensors file (truncated "
-                              f"or corrupted?): {type(err).__name__}: {err}") from err
-    return meta, tensors
+def _payload_intact(payload: str, meta: dict[str, str], version: str) -> bool:
+    if version == "1":
+        return hashlib.sha256(payload.encode()).hexdigest() == meta.get(_PAYLOAD_SHA)
+    return _text_checksum(payload) == meta.get(_PAYLOAD_SUM)
 
 
-def _decode_species(dec: Decoder, rec: dict) -> dict[int, Schema]:
+def _verified(name: str, t: torch.Tensor, view: np.ndarray, entry: Any) -> torch.Tensor:
+    """The stored tensor ``name`` (``view``: its bytes) after its checksum, in its saved dtype
+    and shape."""
+    need(isinstance(entry, dict), f"bad entry for tensor {name}")
+    if "sha256" in entry:  # format version 1
+        intact = hashlib.sha256(view).hexdigest() == entry["sha256"]
+    else:
+        intact = checksum(view) == entry["checksum"]
+    if not intact:
+        raise CheckpointError(f"load: checksum mismatch for tensor {name} ({entry.get('what')}): "
+                              "the file is corrupted")
+    if "dtype" in entry:  # stored as bytes (a dtype safetensors has no code for)
+        need(t.dtype == torch.uint8 and t.dim() == 1, f"tensor {name} is not stored as bytes")
+        dtype = getattr(torch, str(entry["dtype"]), None)
+        need(isinstance(dtype, torch.dtype), f"unknown dtype of tensor {name}")
+        t = t.view(dtype).reshape(entry["shape"])
+    return t
+
+
+def _decode_species(dec: TreeDecoder, rec: dict) -> dict[int, Schema]:
     """Rebuild one species: the base schema, then every event replayed; ``{version: schema}``."""
     base = rec["base"]
-    species = Species(dec._str(rec["name"]), uid=dec._str(rec["uid"]))
+    sp = Species(dec.str(rec["name"]), uid=dec.str(rec["uid"]))
     version, next_pid = base["version"], base["next_pid"]
-    if not (_int(version) and _int(next_pid)):
-        raise CheckpointError("load: bad version or parameter counter in the checkpoint")
+    need(_count(version) and _count(next_pid), "bad version or parameter counter")
     skeleton = dec.module(base["skeleton"])
     specs = tuple(dec.spec(s) for s in base["specs"])
-    shared = {dec._str(k): dec.value(v) for k, v in base["shared"]}
+    shared = {dec.str(k): dec.value(v) for k, v in base["shared"]}
     _check_schema(skeleton, specs, shared, version)
-    schema = Schema(species, version, skeleton, specs, shared, next_pid)
-    species._register(schema)
+    schema = Schema(sp, version, skeleton, specs, shared, next_pid)
+    sp._register(schema)
     chain = {version: schema}
     for raw in rec["events"]:
         event = dec.event(raw)
         new = event.apply(schema)
-        species._link(schema, event, new)
+        sp._link(schema, event, new)
         schema = chain[new.version] = new
     if schema.version != rec["head"]:
         raise CheckpointError(f"load: species {rec['name']!r} should end at version "
@@ -306,11 +285,11 @@ def _decode_species(dec: Decoder, rec: dict) -> dict[int, Schema]:
     return chain
 
 
-def _int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+def _count(x: Any) -> bool:
+    return type(x) is int and x >= 0
 
 
-def _check_schema(skeleton: nn.Module, specs: tuple, shared: dict, version: int) -> None:
+def _check_schema(skeleton: torch.nn.Module, specs: tuple, shared: dict, version: int) -> None:
     """The decoded skeleton, specs and shared tensors must describe the same tensors."""
     tensors = {**dict(skeleton.named_parameters(remove_duplicate=False)),
                **dict(skeleton.named_buffers(remove_duplicate=False))}
@@ -324,48 +303,12 @@ def _check_schema(skeleton: nn.Module, specs: tuple, shared: dict, version: int)
             if tuple(t.shape) != s.shape or t.dtype != s.dtype:
                 raise CheckpointError(f"load: spec {p!r} says {s.shape} {s.dtype}, the skeleton "
                                       f"{tuple(t.shape)} {t.dtype}")
-    need = {s.key: s for s in specs if not s.leaf}
-    if set(shared) != set(need):
+    need_shared = {s.key: s for s in specs if not s.leaf}
+    if set(shared) != set(need_shared):
         raise CheckpointError(f"load: shared tensors {sorted(shared)} do not match the shared "
-                              f"specs {sorted(need)} of version {version}")
+                              f"specs {sorted(need_shared)} of version {version}")
     for k, t in shared.items():
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != need[k].shape:
+        s = need_shared[k]
+        if not (isinstance(t, torch.Tensor) and tuple(t.shape) == s.shape and t.dtype == s.dtype
+                and t.device == s.device):
             raise CheckpointError(f"load: shared tensor {k!r} does not match its spec")
-
-
-def _decode_tree(dec: Decoder, x: Any, chains: list[dict[int, Schema]]) -> Any:
-    if not isinstance(x, dict):
-        raise CheckpointError(f"load: unexpected entry {x!r:.60} in the saved structure")
-    tag = x["$t"]
-    if tag == "particle":
-        chain = chains[x["species"]]
-        schema = chain.get(x["version"])
-        if schema is None:
-            raise CheckpointError(f"load: a particle at version {x['version']!r} is outside the "
-                                  f"saved history (versions {min(chain)}..{max(chain)})")
-        training = x["training"]
-        if training is not None and not isinstance(training, bool):
-            raise CheckpointError("load: bad training flag")
-        leaves = tuple(dec.tensor(name) for name in x["leaves"])
-        _check_leaves(schema, leaves)
-        return Particle._make(schema, leaves, training)
-    if tag == "dict":
-        return {dec._str(k): _decode_tree(dec, y, chains) for k, y in x["v"]}
-    if tag in ("list", "tuple"):
-        items = [_decode_tree(dec, y, chains) for y in x["v"]]
-        return tuple(items) if tag == "tuple" else items
-    raise CheckpointError(f"load: unknown entry {tag!r:.40} in the saved structure")
-
-
-def _check_leaves(schema: Schema, leaves: tuple) -> None:
-    if len(leaves) != len(schema.leaf_specs):
-        raise CheckpointError(f"load: a particle of version {schema.version} needs "
-                              f"{len(schema.leaf_specs)} tensors, the file gives {len(leaves)}")
-    batch = None
-    for spec, t in zip(schema.leaf_specs, leaves):
-        n = t.dim() - len(spec.shape)
-        if n < 0 or tuple(t.shape[n:]) != spec.shape or t.dtype != spec.dtype or (
-                batch is not None and tuple(t.shape[:n]) != batch):
-            raise CheckpointError(f"load: tensor for {spec.key!r} has shape {tuple(t.shape)} "
-                                  f"{t.dtype}, the schema says {spec.shape} {spec.dtype}")
-        batch = tuple(t.shape[:n])

@@ -84,10 +84,15 @@ def test_untouched_leaves_keep_their_objects(data):
     q, steps = apply_chain(p, chain)
     versions = [r.schema] + [s.schema for s in steps]
     t = nf.touch(r)
+    # deleting a Sequential/ModuleList child renumbers the later ones: a key may then name a
+    # moved buffer (buffers have no id to tell them apart)
+    renumbered = any(v.event is not None and v.event.kind == "del_child" for v in versions)
     for key, leaf in zip(r.schema.leaf_keys, r.leaves):
-        spec = r.schema.by_key[key]
+        spec = r.schema.by_path[key]
+        if spec.pid is None and renumbered:
+            continue
         # a leaf that stayed a leaf under the same key in every version was never re-created
-        if all(key in v.leaf_index and v.by_key[key].pid == spec.pid for v in versions):
+        if all(key in v.leaf_index and v.by_path[key].pid == spec.pid for v in versions):
             assert t[key] is leaf, f"{key!r} was copied although no event touched it"
 
 
@@ -99,10 +104,14 @@ def test_param_ids_are_stable(data):
     versions = [r.schema] + [s.schema for s in steps]
     ids = nf.param_ids(nf.touch(r))
     assert nf.param_ids(q) == ids
+    # deleting a Sequential/ModuleList child renumbers the later ones: a path may then name a
+    # moved parameter, which keeps its own (old) id
+    renumbered = any(v.event is not None and v.event.kind == "del_child" for v in versions)
     for path, pid in ids.items():
-        if all(path in v.by_path and v.by_path[path].kind == "param" for v in versions):
+        if not renumbered and all(path in v.by_path and v.by_path[path].kind == "param"
+                                  for v in versions):
             assert ids0[path] == pid, f"id of {path!r} changed from {ids0[path]} to {pid}"
-        elif path not in ids0:
+        elif pid not in ids0.values():
             assert pid >= r.schema.next_pid, f"new {path!r} reuses an old id {pid}"
     by_pid = {}
     for spec in q.schema.params:

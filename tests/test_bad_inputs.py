@@ -359,8 +359,14 @@ CASES: list[Case] = [
     C("from_modules/not_modules", lambda e: nf.from_modules([e.net, e.p]), err(E)),
     # save / load -------------------------------------------------------------------------------
     C("save/not_a_particle", lambda e: nf.save(e.file, e.net), err(nf.CheckpointError)),
-    C("save/list_with_tensor", lambda e: nf.save(e.file, [e.p, e.t]), err(nf.CheckpointError)),
-    C("save/bad_path", lambda e: nf.save(3.5, e.p), err(nf.CheckpointError, "path")),
+    C("save/list_with_set", lambda e: nf.save(e.file, [e.p, {1, 2}]), err(nf.CheckpointError, "set")),
+    C("save/training_state", lambda e: _roundtrip(e, {"p": e.pop, "t": [e.t, e.t_grad], 3: None}),
+      Ok(lambda r, e: _all(torch.equal(r["t"][0], e.t) and r["t"][1].requires_grad))),
+    C("save/leaves_disagree_with_schema",
+      lambda e: nf.save(e.file, nf.Particle(e.p.schema, tuple(t.double() for t in e.p.leaves))),
+      err(nf.CheckpointError, "leaf '0.weight'.*schema says")),
+    C("save/bad_path", lambda e: nf.save(3.5, e.p), err(nf.ArgumentTypeError, "path")),
+    C("save/sync_not_bool", lambda e: nf.save(e.file, e.p, sync="yes"), err(nf.ArgumentTypeError)),
     C("save/missing_directory", lambda e: nf.save(os.path.join(e.dir, "no", "f"), e.p),
       err(FileNotFoundError)),
     C("save/empty_module_and_zero_size_population", lambda e: _roundtrip(e, [e.empty, e.pop[0:0]]),
@@ -368,7 +374,17 @@ CASES: list[Case] = [
     C("save/non_contiguous_and_nan", lambda e: _roundtrip(e, nf.add_param(e.p, "x", e.t_nc)),
       Ok(lambda r, e: _all(torch.equal(r["x"], e.t_nc)))),
     C("load/missing_file", lambda e: nf.load(e.file), err(FileNotFoundError)),
-    C("load/classes_not_a_list", lambda e: nf.load(e.file, classes=nn.Linear), err(nf.CheckpointError)),
+    C("load/classes_not_a_list", lambda e: nf.load(e.file, classes=nn.Linear),
+      err(nf.ArgumentTypeError, "classes")),
+    C("load/device_meta", lambda e: _save_load(e, e.p, device="meta"), err(nf.CheckpointError, "meta")),
+    C("load/device_not_a_device", lambda e: _save_load(e, e.p, device=1.5),
+      err(nf.ArgumentTypeError, "device")),
+    C("load/species_not_a_species", lambda e: _save_load(e, e.p, species=e.p),
+      err(nf.ArgumentTypeError, "species")),
+    C("load/species_other_history", lambda e: _save_load(e, e.head, species=e.q.species),
+      err(nf.CheckpointError, "first difference")),
+    C("load/species_joined", lambda e: _save_load(e, e.pop, species=e.p.species),
+      Ok(lambda r, e: _all(r.schema is e.pop.schema))),
     C("load/directory", lambda e: nf.load(e.dir), err(OSError)),
 ]
 
@@ -390,6 +406,11 @@ def _non_contiguous() -> nn.Module:
 def _roundtrip(e: Env, obj: Any) -> Any:
     nf.save(e.file, obj)
     return nf.load(e.file)
+
+
+def _save_load(e: Env, obj: Any, **kw: Any) -> Any:
+    nf.save(e.file, obj)
+    return nf.load(e.file, **kw)
 
 
 def _params(cases: list[Case]) -> list:

@@ -23,7 +23,8 @@ from torch import nn
 
 import nytorch_func as nf
 import nytorch_func.distributed as nfd
-from nytorch_func._config_events import Configure
+from nytorch_func._config_events import Configure, ConfigureBuffer
+from nytorch_func._convert import Convert
 from nytorch_func._events import AddBuffer, AddModule, AddParam, DelParam, SetNone
 from nytorch_func.distributed._eventwire import decode_events, encode_events
 from nytorch_func.distributed._wire import pack, unpack
@@ -228,11 +229,19 @@ def test_event_codec_round_trip_every_kind_without_pickle():
     assert isinstance(add_module, AddModule)
     evs = [AddParam("w", torch.randn(2, 3), cfg, True), AddBuffer("b", torch.arange(4), False),
            DelParam("w"), SetNone("x.bias"),
-           Configure("", (("w", cfg),), (("w", nn.Parameter(torch.ones(2))),)), add_module]
+           Configure("", (("w", cfg),), (("w", nn.Parameter(torch.ones(2))),)), add_module,
+           Configure("x", (("x.w", cfg),), (), (("x.w", torch.zeros(3)),)),
+           ConfigureBuffer("b", "reset", torch.arange(4)),
+           Convert(torch.bfloat16, torch.device("cpu")), Convert(None, torch.device("cpu"))]
     blob = encode_events(evs, uid="abc")
     assert b"\x80\x04" not in blob and b"\x80\x05" not in blob  # no pickle stream anywhere
     back = decode_events(blob, uid="abc")
     assert [e.describe() for e in back] == [e.describe() for e in evs]
+    assert [type(e) for e in back] == [type(e) for e in evs]
+    assert torch.equal(back[6].to_leaf[0][1], torch.zeros(3))
+    assert torch.equal(back[7].value, torch.arange(4))
+    assert back[8].dtype is torch.bfloat16 and back[8].device == torch.device("cpu")
+    assert back[9].dtype is None
     assert back[0].config == cfg and torch.equal(back[0].snapshot, evs[0].snapshot)
     assert isinstance(back[4].to_shared[0][1], nn.Parameter)
     m = back[5]
@@ -344,8 +353,8 @@ def test_damaged_or_foreign_checkpoints_raise_typed_errors(world_of_one, tmp_pat
         sp.save(tmp_path, -1)
     with pytest.raises(nf.NytorchFuncError, match="extras"):
         sp.save(tmp_path, 3, extras=[sp.local])
-    with pytest.raises(nfd.ShardedCheckpointError, match="PlainTensor|Tensor"):
-        sp.save(tmp_path, 3, extras={"x": torch.ones(2)})  # not a particle: nothing committed
+    with pytest.raises(nfd.ShardedCheckpointError, match="Linear"):
+        sp.save(tmp_path, 3, extras={"x": nn.Linear(1, 1)})  # not saveable: nothing committed
     assert not any(n.startswith("step-000000003") for n in _files(tmp_path))
 
 

@@ -2,71 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
-import struct
 import sys
 
 import pytest
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
 import nytorch_func as nf
-from nytorch_func import _io
-
-
-# helpers ----------------------------------------------------------------------------------------
-
-def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same dtype, shape and bytes (so NaN equals NaN)."""
-    flat = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (a, b)]
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(*flat)
-
-
-def same_particle(a: nf.Particle, b: nf.Particle) -> None:
-    """Equal structure, versions, ids, configs and values (different objects)."""
-    assert a.version == b.version
-    assert a.schema.leaf_keys == b.schema.leaf_keys
-    assert nf.param_ids(a) == nf.param_ids(b)
-    assert [s.config for s in a.schema.specs] == [s.config for s in b.schema.specs]
-    assert [(s.paths, s.shape, s.dtype, s.state, s.policy, s.persistent)
-            for s in a.schema.specs] == [(s.paths, s.shape, s.dtype, s.state, s.policy,
-                                          s.persistent) for s in b.schema.specs]
-    assert a.batch_shape == b.batch_shape and a.training == b.training
-    for k in a.params:
-        assert bits_equal(a.params[k], b.params[k]), k
-        assert a.params[k].requires_grad == b.params[k].requires_grad, k
-    for k in a.buffers:
-        assert bits_equal(a.buffers[k], b.buffers[k]), k
-
-
-def roundtrip(tmp_path, obj, **kw):
-    path = tmp_path / "ckpt.safetensors"
-    nf.save(path, obj)
-    return nf.load(path, **kw)
-
-
-def rewrite(path, edit) -> None:
-    """Tamper with a checkpoint's JSON the way an attacker would: checksum recomputed."""
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    doc = json.loads(meta["nytorch_func.payload"])
-    edit(doc)
-    payload = json.dumps(doc)
-    meta["nytorch_func.payload"] = payload
-    meta["nytorch_func.payload_sha256"] = hashlib.sha256(payload.encode()).hexdigest()
-    safetensors.torch.save_file(tensors, str(path), metadata=meta)
-
-
-def data_start(path) -> int:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    return 8 + n
+from nytorch_func import _tensorfile
+from io_helpers import data_start, rewrite, roundtrip, same_particle
 
 
 class CountingNet(nn.Module):
@@ -288,13 +235,30 @@ def test_hooks_are_refused(tmp_path):
         nf.save(tmp_path / "x.safetensors", nf.from_module(net))
 
 
-@pytest.mark.parametrize("obj", [torch.ones(2), "p", [1], {1: None}],
-                         ids=["tensor", "str", "list_of_int", "int_key"])
-def test_non_particles_are_refused(tmp_path, obj):
-    if isinstance(obj, dict):
-        obj = {1: nf.from_module(nn.Linear(1, 1))}
-    with pytest.raises(nf.CheckpointError):
-        nf.save(tmp_path / "x.safetensors", obj)
+class Opaque:
+    pass
+
+
+@pytest.mark.parametrize("obj", [
+    pytest.param(lambda: nn.Linear(1, 1), id="module"),
+    pytest.param(lambda: {"a": {1, 2}}, id="set"),
+    pytest.param(lambda: [Opaque()], id="object"),
+    pytest.param(lambda: {"f": lambda x: x}, id="lambda"),
+    pytest.param(lambda: nf.from_module(nn.Linear(1, 1)).schema, id="schema"),
+    pytest.param(lambda: torch.ones(2).to_sparse(), id="sparse"),
+    pytest.param(lambda: torch.empty(2, device="meta"), id="meta"),
+])
+def test_what_a_checkpoint_cannot_hold_is_refused(tmp_path, obj):
+    with pytest.raises(nf.CheckpointError, match="save: "):
+        nf.save(tmp_path / "x.safetensors", {"p": nf.from_module(nn.Linear(1, 1)), "x": obj()})
+    assert os.listdir(tmp_path) == []
+
+
+def test_cycles_are_refused(tmp_path):
+    loop: list = [1]
+    loop.append(loop)
+    with pytest.raises(nf.CheckpointError, match=r"\[1\] contains itself"):
+        nf.save(tmp_path / "x.safetensors", loop)
     assert os.listdir(tmp_path) == []
 
 
@@ -315,8 +279,10 @@ def test_local_class_needs_classes_argument(tmp_path):
     back = nf.load(path, classes=[Local])
     x = torch.randn(3, 2)
     assert torch.equal(nf.apply(back, x), nf.apply(p, x))
-    with pytest.raises(nf.CheckpointError, match="classes"):
+    with pytest.raises(nf.ArgumentTypeError, match="classes"):
         nf.load(path, classes=["Local"])
+    with pytest.raises(TypeError, match="classes"):
+        nf.load(path, classes=Local)
 
 
 # crashes, damage and tampering ------------------------------------------------------------------
@@ -330,7 +296,7 @@ def test_crash_mid_write_keeps_old_checkpoint(tmp_path, monkeypatch):
         f.write(data[: len(data) // 2])
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(_io, "_write_bytes", half_then_fail)
+    monkeypatch.setattr(_tensorfile, "_write_bytes", half_then_fail)
     with pytest.raises(OSError, match="simulated"):
         nf.save(path, old.randn())
     assert os.listdir(tmp_path) == ["ckpt.safetensors"]
@@ -382,7 +348,7 @@ def test_garbage_and_missing_files(tmp_path):
         nf.load(junk)
     with pytest.raises(FileNotFoundError):
         nf.load(tmp_path / "missing.safetensors")
-    with pytest.raises(nf.CheckpointError, match="path must be"):
+    with pytest.raises(nf.ArgumentTypeError, match="path must be"):
         nf.load(3)
 
 
@@ -396,21 +362,26 @@ def test_file_cannot_import_or_name_arbitrary_classes(saved, module_name):
         _first_class(doc)["class"] = [module_name, "system" if module_name == "os" else "Net"]
 
     rewrite(saved, edit)
-    with pytest.raises(nf.CheckpointError, match="not imported|not an nn.Module subclass"):
+    with pytest.raises(nf.CheckpointError, match="not imported|as an nn.Module class, but it is not"):
         nf.load(saved)
     assert "nytorch_evil_never_imported" not in sys.modules
 
 
-def test_file_cannot_name_arbitrary_functions(tmp_path):
+@pytest.mark.parametrize("module, name", [
+    ("os", "system"), ("builtins", "eval"), ("torch", "load"), ("torch.serialization", "load"),
+    ("torch.hub", "load"), ("torch", "compile"), ("torch.nn.functional", "__builtins__.eval"),
+    ("torch", "_C._nn.gelu.__self__"), ("torch", "_C._load_for_lite_interpreter"),
+    ("torch.nn.functional", "_in_projection"), ("torch", "Tensor.__init__"), ("subprocess", "run")])
+def test_file_cannot_name_arbitrary_functions(tmp_path, module, name):
     path = tmp_path / "t.safetensors"
     nf.save(path, nf.from_module(MODELS["transformer_layer"][0]()))
 
     def edit(doc):
-        _first_class(doc)["attrs"]["activation"] = {"$t": "fn", "module": "os",
-                                                    "qualname": "system"}
+        _first_class(doc)["attrs"]["activation"] = {"$t": "fn", "module": module,
+                                                    "qualname": name}
 
     rewrite(path, edit)
-    with pytest.raises(nf.CheckpointError, match="os.system.*not a torch function"):
+    with pytest.raises(nf.CheckpointError, match="not one of torch's tensor-math functions"):
         nf.load(path)
 
 
@@ -420,11 +391,33 @@ def test_file_cannot_name_arbitrary_functions(tmp_path):
                  id="event_path"),
     pytest.param(lambda d: d["species"][0]["base"]["specs"].pop(), id="spec_missing"),
     pytest.param(lambda d: d["species"][0].update(head=7), id="head"),
-    pytest.param(lambda d: d["root"]["v"][0].update(version=5), id="particle_version"),
-    pytest.param(lambda d: d["root"]["v"][0]["leaves"].pop(), id="leaf_missing"),
-    pytest.param(lambda d: d["root"]["v"][0]["leaves"].reverse(), id="leaves_swapped"),
+    pytest.param(lambda d: d["root"][0].update(version=5), id="particle_version"),
+    pytest.param(lambda d: d["root"][0]["leaves"].pop(), id="leaf_missing"),
+    pytest.param(lambda d: d["root"][0]["leaves"].reverse(), id="leaves_swapped"),
+    pytest.param(lambda d: d["root"][0].update(batch=[3]), id="batch_beside_leaves"),
+    pytest.param(lambda d: d["root"][0].update(species=4), id="species_index"),
     pytest.param(lambda d: d["tensors"].pop("t0"), id="tensor_entry"),
-    pytest.param(lambda d: d["root"].update({"$t": "pickle"}), id="root_tag"),
+    pytest.param(lambda d: d["tensors"]["t0"].update(checksum="sum64:0:0"), id="checksum"),
+    pytest.param(lambda d: d["tensors"]["t0"].update(requires_grad="yes"), id="flags"),
+    pytest.param(lambda d: d["tensors"]["t0"].update(dtype="complex128", shape=[2]),
+                 id="bytes_dtype"),
+    pytest.param(lambda d: d.update(root={"$t": "pickle"}), id="root_tag"),
+    pytest.param(lambda d: d.update(root={"$t": "ntuple", "class": ["os", "stat_result"],
+                                          "fields": [], "v": []}), id="ntuple_class"),
+    pytest.param(lambda d: d.update(root={"$t": "enum", "class": ["os", "system"],
+                                          "names": ["x"]}), id="enum_class"),
+    pytest.param(lambda d: d.update(root={"$t": "generator", "device": "cpu",
+                                          "state": {"$t": "tensor", "id": "t0"}}),
+                 id="generator_state"),
+    pytest.param(lambda d: d.update(root={"$t": "dict", "v": [[[1], 2]]}), id="unhashable_key"),
+    pytest.param(lambda d: d["species"][0]["base"]["specs"][0]["v"].update(policy="rm -rf"),
+                 id="spec_policy"),
+    pytest.param(lambda d: d["species"][0]["base"]["specs"][0]["v"].update(surprise=1),
+                 id="spec_field"),
+    pytest.param(lambda d: d["species"][0]["events"][0]["v"].update(surprise=1),
+                 id="event_field"),
+    pytest.param(lambda d: d["species"][0]["events"][0]["v"].pop("config"),
+                 id="event_field_missing"),
     pytest.param(lambda d: d.pop("species"), id="no_species"),
     pytest.param(lambda d: _first_class(d)["attrs"].update(_parameters=[]), id="internals"),
     pytest.param(lambda d: _first_class(d)["children"]["0"]["attrs"].update(
@@ -434,3 +427,68 @@ def test_tampered_metadata_gives_typed_error(saved, edit):
     rewrite(saved, edit)
     with pytest.raises(nf.CheckpointError):
         nf.load(saved)
+
+
+def test_every_single_bit_flip_anywhere_in_the_file_is_caught(tmp_path):
+    """Header length, safetensors header, metadata, payload, tensor bytes: all covered."""
+    path = tmp_path / "small.safetensors"
+    nf.save(path, nf.stack([nf.from_module(nn.Linear(2, 1))] * 2))
+    good = path.read_bytes()
+    for i in range(len(good)):
+        data = bytearray(good)
+        data[i] ^= 0x01 if i % 2 else 0x80
+        path.write_bytes(bytes(data))
+        with pytest.raises(nf.CheckpointError):
+            nf.load(path)
+
+
+def test_files_are_standard_safetensors_both_ways(tmp_path):
+    """The safetensors library reads our files; our reader reads the library's."""
+    import safetensors
+
+    path = tmp_path / "std.safetensors"
+    tree = {"pop": nf.population(MODELS["conv_bn_seq"][0](), 3),
+            "t": [torch.arange(5, dtype=torch.int16), torch.randn(2, dtype=torch.bfloat16),
+                  torch.ones(3, dtype=torch.bool), torch.zeros(0, 2)]}
+    nf.save(path, tree)
+    plain = safetensors.torch.load_file(str(path))
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["nytorch_func.format_version"] == "2"
+        assert set(f.keys()) == set(plain)
+    assert any(torch.equal(t, tree["t"][1]) for t in plain.values() if t.dtype == torch.bfloat16)
+    rewrite(path, lambda doc: None)  # written again by the safetensors library
+    back = nf.load(path)
+    same_particle(tree["pop"], back["pop"])
+    assert all(torch.equal(a, b) for a, b in zip(tree["t"], back["t"]))
+
+
+@pytest.mark.parametrize("header", [b"[" * 100_000, b'{"a":' * 100_000, b'{"__metadata__": 3}',
+                                    b'{"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}',
+                                    b'{"t": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}'])
+def test_hostile_safetensors_headers_are_typed_errors(tmp_path, header):
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(nf.CheckpointError, match="not a readable safetensors file"):
+        nf.load(path)
+
+
+def test_deeply_nested_payload_is_a_typed_error(tmp_path):
+    import json
+
+    import safetensors
+
+    from nytorch_func import _io
+
+    path = tmp_path / "n.safetensors"
+    nf.save(path, nf.from_module(nn.Linear(1, 1)))
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["nytorch_func.payload"])
+    doc["root"] = "HERE"
+    payload = json.dumps(doc).replace('"HERE"', "[" * 50_000 + "]" * 50_000)
+    meta["nytorch_func.payload"] = payload
+    meta["nytorch_func.payload_checksum"] = _io._text_checksum(payload)
+    safetensors.torch.save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(nf.CheckpointError, match="malformed"):
+        nf.load(path)

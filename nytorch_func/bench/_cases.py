@@ -8,13 +8,9 @@ for it; the library itself never imports it.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import functools
 import gc
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +20,7 @@ from torch import nn
 import nytorch_func as nf
 
 from ._harness import Case, Side, Target
+from ._io_cases import io_rows
 from ._merge_cases import merge_rows
 from ._training_cases import adam_rows, init_rows
 
@@ -399,42 +396,6 @@ def event_rows() -> Built:
         skipped["event-nytorch"] = _NO_NYTORCH
     return [Case("event", "event", "make two events (add_param + del_param)",
                  Side("nf.add_param + nf.del_param", ours), base, Target("max_ratio", 0.8))], skipped
-
-
-# save / load ----------------------------------------------------------------------------------
-
-def io_rows() -> Built:
-    if not hasattr(nf, "save"):
-        return [], {"io": "nf.save/nf.load are not on this branch"}
-    from safetensors.torch import load_file, save_file
-
-    folder = tempfile.mkdtemp(prefix="nf-bench-")
-    atexit.register(shutil.rmtree, folder, True)
-    models = [mlp(POP_SIZES) for _ in range(64)]
-    pop = nf.from_modules(models).detach()
-    classes = [type(models[0])]  # a class made at run time: nf.load never imports code itself
-
-    def ours() -> Callable[[], Any]:
-        path = os.path.join(folder, "ours.safetensors")
-
-        def run() -> Any:
-            nf.save(path, pop)
-            return nf.load(path, classes=classes)
-
-        return run
-
-    def raw() -> Callable[[], Any]:
-        path = os.path.join(folder, "raw.safetensors")
-        tensors = {k: t.contiguous() for k, t in zip(pop.schema.leaf_keys, pop.leaves)}
-
-        def run() -> Any:
-            save_file(tensors, path)
-            return load_file(path)
-
-        return run
-
-    return [Case("io", "io", "save + load a 64-stack (MLP 64-32-10)",
-                 Side("nf.save + nf.load", ours), Side("raw safetensors", raw))], {}
 
 
 # P7: one SNES generation ----------------------------------------------------------------------

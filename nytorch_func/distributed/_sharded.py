@@ -128,8 +128,9 @@ class ShardedPopulation:
     def save(self, directory: Any, step: int, *, extras: Any = None) -> str:
         """Collective: write this rank's checkpoint of ``step`` into ``directory``.
 
-        Every rank writes its own block (and ``extras``: a dict of particles, or lists/tuples/
-        dicts of them, e.g. velocities or the best member so far) with ``nf.save`` into
+        Every rank writes its own block (and ``extras``: a dict of whatever ``nf.save`` takes:
+        particles, tensors, optimizer states, numbers, e.g. velocities or the best member so
+        far) with ``nf.save`` into
         ``step-<step>.rank-<rank>-of-<world>.safetensors``, then commits it with a small JSON
         manifest; both are written to temporary files and renamed, so a killed process never
         leaves a half-written checkpoint. One ``all_reduce`` then confirms that every rank has
