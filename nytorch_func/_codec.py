@@ -121,6 +121,8 @@ class Encoder:
                                           for k, x in v.asdict().items()]}
         if isinstance(v, TensorSpec):
             return self.spec(v, where)
+        if isinstance(v, Event):  # the steps of a Batch
+            return self.event(v, where)
         if isinstance(v, torch.Tensor):
             if metas is not None:
                 if id(v) in metas:
