@@ -1,0 +1,245 @@
+"""Reading a NytoModule's tree as a core particle: the fast path, edits made behind the facade's
+back (in plain ``nn.Module`` children) turned into core events, and touch written back.
+
+``current`` is what every facade call starts with: the tree's particle (at the species head
+when asked), read through the tree's plan when nothing changed. When the plan no longer fits,
+``sync`` compares the tree with its version's skeleton and commits what changed as one core
+event (a ``Batch`` when there are several), then ``touch_tree`` brings the tree to the head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .. import _edit
+from .._errors import SchemaError
+from .._events import AddModule, Batch, DelBuffer, DelModule, DelParam, Event, SetNone, Tie
+from .._particle import Particle
+from .._schema import Schema
+from .._touch import events_between
+from .._touch import touch as core_touch
+from ._bind import cycle_error, root_of
+from ._handle import ParticleHandle
+from ._plan import Plan
+from ._write import write_back
+
+__all__ = ["current", "sync", "touch_tree", "commit_steps", "added_modules", "WHAT"]
+
+WHAT = "NytoModule"  # how errors of facade events name the caller
+_MISSING = object()
+
+
+def current(module: nn.Module, touch: bool = True):
+    """``(root, handle, path, particle, modules)`` of the tree ``module`` belongs to.
+
+    The particle views the tree's own tensors, at the tree's version after any edits made
+    behind the facade's back were committed, and at the species head when ``touch``.
+    ``modules``: the tree's modules in plan order (for :meth:`Plan.build`), or None.
+    """
+    root, h, path = root_of(module)
+    plan, s = h.plan, h.schema
+    if plan is not None and plan.schema is s and (not touch or s._next is None):
+        got = plan.read()
+        if got is not None:
+            return root, h, path, Particle._make(s, got[1], root.training), got[0]
+    sync(root, h)
+    if touch:
+        touch_tree(root, h)
+    plan = h.plan
+    if plan is None or plan.schema is not h.schema:
+        plan = h.plan = Plan.of(root, h.schema)
+    got = None if plan is None else plan.read()
+    if got is None:  # a tree the plan cannot describe: read it the slow way
+        return root, h, path, _view(root, h), None
+    return root, h, path, Particle._make(h.schema, got[1], root.training), got[0]
+
+
+def touch_tree(root: nn.Module, h: ParticleHandle) -> None:
+    """Bring the tree to the species head: core touch, written back into the tree."""
+    old = h.schema
+    if old.is_newest:
+        return
+    plan = h.plan
+    got = None if plan is None or plan.schema is not old else plan.read()
+    p = Particle._make(old, got[1], root.training) if got is not None else _view(root, h)
+    q = core_touch(p)
+    write_back(root, h, q, added_modules(events_between(old, q._schema)))
+
+
+def added_modules(events: Iterable[Event]) -> set[str]:
+    """Paths of the submodules ``events`` add (inside batches too)."""
+    out: set[str] = set()
+    for e in events:
+        if isinstance(e, Batch):
+            out |= added_modules(e.events)
+        elif isinstance(e, AddModule):
+            out.add(e.path)
+    return out
+
+
+def commit_steps(root: nn.Module, h: ParticleHandle, p: Particle, steps: list,
+                 what: str = WHAT, change_tree: Callable[[], None] | None = None) -> Particle:
+    """Commit ``steps`` (``(event, own tensors)``) as one event on ``p``; write it back.
+
+    One step is committed as itself, several as one ``Batch``: all of them or none. Only then
+    ``change_tree()`` puts the initiator's own objects into the tree, and the new version is
+    written back; modules that other threads' events added meanwhile are materialised.
+    """
+    own: dict[str, torch.Tensor] = {}
+    for _, mine in steps:
+        own.update(mine)
+    event = steps[0][0] if len(steps) == 1 else Batch(tuple(e for e, _ in steps))
+    start = p._schema
+    q = _edit.commit(p, lambda _: (event, own), what)
+    if change_tree is not None:
+        change_tree()
+    write_back(root, h, q, added_modules(events_between(start, q._schema)[:-1]))
+    return q
+
+
+# ---------------------------------------------------------------------------------------------
+# edits behind the facade's back
+# ---------------------------------------------------------------------------------------------
+
+class _Scan:
+    """What one walk of a tree against its skeleton found."""
+
+    __slots__ = ("schema", "known", "tensors", "modules", "steps", "under")
+
+    def __init__(self, schema: Schema, known: dict[str, nn.Module]) -> None:
+        self.schema = schema
+        self.known = known  # path -> the module the tree had there when last written
+        self.tensors: dict[int, str] = {}  # tensor id -> first path seen
+        self.modules: dict[int, tuple[str, nn.Module]] = {}  # module id -> (path, skeleton)
+        self.steps: list[tuple[Event, dict]] = []
+        self.under: list[str] = []  # paths of the steps, to see edits under an aliased module
+
+    def add(self, step: tuple[Event, dict], path: str) -> None:
+        self.steps.append(step)
+        self.under.append(path)
+
+
+def _known(plan: Plan | None) -> dict[str, nn.Module]:
+    if plan is None:
+        return {}
+    lay = plan.layout
+    mods = [ref() for ref in plan.mods]
+    known = {"": mods[0]}
+    for p, name, c in lay.links:
+        parent = lay.paths[p]
+        known[f"{parent}.{name}" if parent else name] = mods[c]
+    return known
+
+
+def sync(root: nn.Module, h: ParticleHandle) -> None:
+    """Commit the structural edits made to the tree since it was last written (one event)."""
+    s = h.schema
+    scan = _Scan(s, _known(h.plan))
+    _scan(scan, root, s.skeleton, "", frozenset((id(root),)), root)
+    if not scan.steps:
+        return
+    plan = h.plan
+    got = None if plan is None or plan.schema is not s else plan.read()
+    p = _view(root, h) if got is None else Particle._make(s, got[1], root.training)
+    removals = (DelParam, DelBuffer, DelModule, SetNone)
+    steps = ([x for x in scan.steps if isinstance(x[0], removals)]  # removals first: a name
+             + [x for x in scan.steps if not isinstance(x[0], removals)])  # may change kind
+    commit_steps(root, h, p, steps)
+
+
+def _view(root: nn.Module, h: ParticleHandle) -> Particle:
+    """The particle the tree holds at its version, read path by path (the slow way).
+
+    A leaf whose paths no longer hold a tensor of its shape and dtype (replaced or removed
+    behind the facade's back, so an event drops it) reads as an empty meta tensor.
+    """
+    s = h.schema
+    live = dict(root.named_parameters(remove_duplicate=False))
+    live.update(root.named_buffers(remove_duplicate=False))
+    leaves = []
+    for key, spec in zip(s.leaf_keys, s.leaf_specs):
+        t = next((live[x] for x in spec.paths if x in live and tuple(live[x].shape) == spec.shape
+                  and live[x].dtype == spec.dtype and live[x].device == spec.device), None)
+        leaves.append(torch.empty(spec.shape, dtype=spec.dtype, device="meta") if t is None else t)
+    return Particle._make(s, tuple(leaves), root.training)
+
+
+def _scan(st: _Scan, m: nn.Module, sk: nn.Module, prefix: str, above: frozenset, root: nn.Module) -> None:
+    """Walk ``m`` against skeleton ``sk``: record every structural difference as a step."""
+    s = st.schema
+    for kind, live, skel in (("param", m._parameters, sk._parameters),
+                             ("buffer", m._buffers, sk._buffers)):
+        for name, t in live.items():
+            path = prefix + name
+            was = skel.get(name, _MISSING)
+            if t is None:
+                if was is not _MISSING and was is not None:
+                    st.add(((SetNone if kind == "param" else DelBuffer)(path), {}), path)
+                continue
+            first = st.tensors.get(id(t))
+            if was is _MISSING or was is None:  # new here (or filling a None slot)
+                if first is not None and kind == "param":
+                    st.add((Tie(path, first), {}), path)
+                else:
+                    st.add(_addition(kind, path, t, m, name), path)
+                    st.tensors.setdefault(id(t), path)
+                continue
+            spec = s.by_path[path]
+            if (tuple(t.shape) != spec.shape or t.dtype != spec.dtype
+                    or t.device != spec.device):  # another kind of tensor: a replacement
+                st.add(((DelParam if kind == "param" else DelBuffer)(path), {}), path)
+                st.add(_addition(kind, path, t, m, name), path)
+            elif first is None and path != spec.key and kind == "param":  # untied
+                st.add((DelParam(path), {}), path)
+                st.add(_addition(kind, path, t, m, name), path)
+            elif first is not None and s.by_path.get(first) is not spec:  # tied to another one
+                st.add((DelParam(path), {}), path)
+                st.add((Tie(path, first), {}), path)
+            st.tensors.setdefault(id(t), path)
+        for name in skel:
+            if name not in live:  # deleted (a None slot too: `del m.bias` after m.bias = None)
+                st.add(((DelParam if kind == "param" else DelBuffer)(prefix + name), {}),
+                       prefix + name)
+    for name, c in m._modules.items():
+        path = prefix + name
+        was = sk._modules.get(name, _MISSING)
+        if c is None:
+            if was is not _MISSING and was is not None:
+                st.add((SetNone(path), {}), path)
+            continue
+        if id(c) in above:
+            raise cycle_error(c, root)
+        seen = st.modules.get(id(c))
+        if seen is not None:  # this module sits at another path too: an alias
+            first, first_sk = seen
+            edited = any(x.startswith(first + ".") for x in st.under)
+            if was is _MISSING or was is None:
+                st.add((Tie(path, first), {}), path)
+            elif was is not first_sk or edited:  # the skeleton's alias broke: tie it again
+                st.add((DelModule(path), {}), path)
+                st.add((Tie(path, first), {}), path)
+            continue
+        if was is _MISSING or was is None or (st.known and st.known.get(path) is not c):
+            if was is not _MISSING and was is not None:  # a new module object was put here
+                st.add((DelModule(path), {}), path)
+            st.add(_edit.module_addition(path, c, share_buffers=True, what=WHAT), path)
+            st.modules[id(c)] = (path, None)
+            continue
+        st.modules[id(c)] = (path, was)
+        _scan(st, c, was, path + ".", above | {id(c)}, root)
+    for name in sk._modules:
+        if name not in m._modules:
+            st.add((DelModule(prefix + name), {}), prefix + name)
+
+
+def _addition(kind: str, path: str, t: torch.Tensor, parent: nn.Module, name: str):
+    if kind == "param":
+        if not isinstance(t, nn.Parameter):
+            raise SchemaError(f"{WHAT}: {path!r} holds a {type(t).__name__} in _parameters; "
+                              "parameters must be nn.Parameter objects")
+        return _edit.param_addition(path, t, what=WHAT)
+    return _edit.buffer_addition(path, t, persistent=name not in parent._non_persistent_buffers_set,
+                                 what=WHAT)
