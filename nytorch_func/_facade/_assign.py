@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
 from torch import nn
 
 from .. import _edit

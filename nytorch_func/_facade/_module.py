@@ -21,11 +21,11 @@ from ._assign import (AttributeExistsError, CannotAssignError, kind_at, put, rem
 from ._bind import handle_of, root_of
 from ._config import MutableParamConfig, to_core
 from ._handle import LOCKED, TAGS, NytoModuleBase, ParticleHandle, note_registration
-from ._operate import assign_values, binary, detach, from_particle, inplace, unary
-from ._plan import CLONE
+from ._operate import assign_values, binary, detach, inplace, unary
+from ._plan import CLONE, DEFERRED, deferrable, materialize
 from ._product import ParamProduct
-from ._sync import WHAT, current
-from ._write import write_back
+from ._sync import current
+from ._write import from_particle, write_back
 
 __all__ = ["NytoModule"]
 
@@ -188,6 +188,7 @@ class NytoModule(NytoModuleBase):
         0 ParamConfig(operational=True, clone=True, is_weight=True)
         1 ParamConfig(operational=True, clone=True, is_weight=False)
         """
+        _ready(self)
         root, h, path, p, _ = current(self)
         if h.locked:
             raise VersionError(LOCKED)
@@ -262,10 +263,34 @@ class NytoModule(NytoModuleBase):
         raise SchemaError("get_param_id: the tensor given is not a parameter of this particle "
                           "(pass the Parameter object itself, e.g. net.layer.weight)")
 
+    # -- a result tree is built when first used (see _plan.Deferred) -----------------------------
+    def __getattr__(self, name: str) -> Any:
+        if DEFERRED in self.__dict__:
+            materialize(self)
+            return getattr(self, name)
+        return _module_getattr(self, name)
+
+    def __getstate__(self) -> dict:
+        _ready(self)
+        return super().__getstate__()
+
+    def __dir__(self):
+        _ready(self)
+        return super().__dir__()
+
+    def _apply(self, fn: Callable, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        tag = TAGS.get(self)
+        plan = None if tag is None else tag[0].plan
+        if plan is not None and not plan.deferred:
+            plan.known = ()  # dtypes and devices may have changed in place: check every leaf
+        return out
+
     # -- structural events ----------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("__"):
             return super().__setattr__(name, value)
+        _ready(self)
         if TAGS.get(self) is None:  # no species yet: construction
             if isinstance(value, nn.Module):
                 if warn_if_circular(self, name, value):
@@ -293,11 +318,13 @@ class NytoModule(NytoModuleBase):
         return super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:
+        _ready(self)
         if TAGS.get(self) is not None and kind_at(self, name) is not None:
             return remove(self, name)
         return super().__delattr__(name)
 
     def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        _ready(self)
         if TAGS.get(self) is None:
             if param is not None:
                 note_registration(self, name, param)
@@ -318,6 +345,7 @@ class NytoModule(NytoModuleBase):
         if module is not None and not isinstance(module, nn.Module):
             raise CannotAssignError(f"add_module: {name!r} must be an nn.Module or None, got "
                                     f"{type(module).__name__}")
+        _ready(self)
         if TAGS.get(self) is None:
             if module is not None:
                 if warn_if_circular(self, name, module):
@@ -344,6 +372,7 @@ class NytoModule(NytoModuleBase):
         existing buffer with a tensor of its shape and dtype is per-particle state, no event
         (the seed's Solution 2). Assigning ``self.name = tensor`` stays a species event.
         """
+        _ready(self)
         if TAGS.get(self) is None:
             return super().register_buffer(name, tensor, persistent)
         if tensor is not None and not isinstance(tensor, torch.Tensor):
@@ -364,6 +393,15 @@ class NytoModule(NytoModuleBase):
             if existing is None:
                 return super().register_buffer(name, None, persistent)
         return put(self, name, tensor, "buffer", persistent)
+
+
+_module_getattr = nn.Module.__getattr__
+
+
+def _ready(m: nn.Module) -> None:
+    """Build a deferred result tree before anything reads or edits its dicts."""
+    if DEFERRED in m.__dict__:
+        materialize(m)
 
 
 def _keep_plain(m: nn.Module, name: str, value: nn.Module) -> None:
@@ -393,3 +431,4 @@ def _install() -> None:
 
 
 _install()
+deferrable["getattr"] = NytoModule.__getattr__

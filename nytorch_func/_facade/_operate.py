@@ -21,13 +21,13 @@ from .._errors import NytorchFuncError, SchemaError, VersionError
 from .._ops import align
 from .._particle import Particle
 from ._bind import bind
-from ._handle import TAGS, NytoModuleBase, ParticleHandle, tag_tree
-from ._plan import AS_IS, CLONE, OP, Plan
+from ._handle import TAGS, NytoModuleBase
+from ._plan import AS_IS, CLONE, OP, materialize
 from ._product import ParamProduct, shape_result
 from ._sync import current
-from ._write import materialize, objects
+from ._write import from_particle
 
-__all__ = ["binary", "unary", "inplace", "detach", "assign_values", "from_particle", "RETRIES"]
+__all__ = ["binary", "unary", "inplace", "detach", "assign_values", "RETRIES"]
 
 RETRIES = 1000  # reads before giving up while other threads keep appending events
 _grad_enabled = torch.is_grad_enabled
@@ -36,7 +36,7 @@ _set_grad = torch._C._set_grad_enabled
 
 def _build(h: ParticleHandle, mods: list | None, q: Particle, mode: int) -> nn.Module:
     plan = h.plan
-    if mods is not None and plan is not None and plan.schema is q._schema:
+    if plan is not None and plan.schema is q._schema and (mods is not None or plan.deferred):
         return plan.build(mods, q, mode)
     if mode != AS_IS:  # a tree the plan cannot describe: build it from the skeleton
         q = shape_result(q, copy_computed=mode == CLONE)
@@ -123,25 +123,12 @@ def inplace(self: nn.Module, other: Any, op: Callable) -> Any:
     return self
 
 
-def from_particle(p: Particle, *, copy: bool = False) -> nn.Module:
-    """A module tree holding ``p`` (same species and version), bound to a new handle."""
-    s = p._schema
-    objs = objects(p.clone() if copy else p)
-    with s.species._call_lock:
-        root = materialize(s.skeleton, "", objs)
-    if p._training is not None:
-        root.train(p._training)
-    h = ParticleHandle(s, root)
-    tag_tree(root, h, "")
-    h.plan = Plan.of(root, s)
-    return root
-
-
 def detach(self: nn.Module) -> nn.Module:
     """A tree with this particle's very tensors, as the root of a *new* species (same ids and
     configs)."""
     root, h, path, p, mods = current(self)
     new_root = _build(h, mods, p, AS_IS)
+    materialize(new_root)
     for m in new_root.modules():
         TAGS.discard(m)
     s = p._schema

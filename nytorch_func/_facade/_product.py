@@ -23,9 +23,11 @@ from torch import nn
 from .._errors import NytorchFuncError, SchemaError
 from .._ops import align
 from .._particle import Particle
+from .._touch import touch
 from ._config import MutableParamConfig, carried_copy
 from ._handle import TAGS, NytoModuleBase
 from ._plan import AS_IS, as_param
+from ._write import from_particle
 
 __all__ = ["ParamProduct", "install_operators", "shape_result"]
 
@@ -109,8 +111,6 @@ class ParamProduct:
 
     def module(self) -> Any:
         """A new NytoModule (same species and version) holding this product's tensors as they are."""
-        from ._module import NytoModule  # the class that uses products
-
         q = self.particle
         root = None if self._root is None else self._root()
         tag = None if root is None else TAGS.get(root)
@@ -119,7 +119,7 @@ class ParamProduct:
         if got is not None:
             new_root = plan.build(got[0], q, AS_IS)
         else:
-            new_root = NytoModule.from_particle(q)
+            new_root = from_particle(q)
         return new_root.get_submodule(self.path) if self.path else new_root
 
     particle_module = module
@@ -166,8 +166,6 @@ class ParamProduct:
 
 def _map(fn: Callable, p: Particle, other: Particle | None) -> Particle:
     """``fn`` over every per-particle parameter of ``p`` in id order; checked against the schema."""
-    from .._touch import touch
-
     p = touch(p)
     s = p._schema
     leaves = list(p._leaves)

@@ -23,7 +23,7 @@ from .._touch import events_between
 from .._touch import touch as core_touch
 from ._bind import cycle_error, root_of
 from ._handle import ParticleHandle
-from ._plan import Plan
+from ._plan import DEFERRED, Plan, materialize
 from ._write import write_back
 
 __all__ = ["current", "sync", "touch_tree", "commit_steps", "added_modules", "WHAT"]
@@ -42,9 +42,16 @@ def current(module: nn.Module, touch: bool = True):
     root, h, path = root_of(module)
     plan, s = h.plan, h.schema
     if plan is not None and plan.schema is s and (not touch or s._next is None):
+        if plan.deferred:  # a result never used: its tensors are all there is to read
+            return root, h, path, plan.particle, None
         got = plan.read()
         if got is not None:
-            return root, h, path, Particle._make(s, got[1], root.training), got[0]
+            p = plan.particle
+            if p is None or p._leaves is not got[1] or p._training != root.training:
+                p = plan.particle = Particle._make(s, got[1], root.training)
+            return root, h, path, p, got[0]
+    if DEFERRED in root.__dict__:
+        materialize(root)
     sync(root, h)
     if touch:
         touch_tree(root, h)

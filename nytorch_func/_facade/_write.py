@@ -4,7 +4,7 @@
 tensors, in place: entries the schema dropped are removed, entries it added are put in, and
 submodules the tree lacks (or that an event added anew) are materialised from the skeleton.
 Entries already holding the right tensor object are left alone, so a touch changes only what
-the events between the two versions changed. ``materialize`` builds a whole tree.
+the events between the two versions changed. ``from_skeleton`` builds a whole tree.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from .._particle import Particle
-from ._handle import NytoModuleBase, ParticleHandle, TAGS
-from ._plan import Plan, as_param
+from ._handle import TAGS, NytoModuleBase, ParticleHandle, tag_tree
+from ._plan import DEFERRED, Plan, as_param, materialize
 
-__all__ = ["write_back", "materialize", "objects", "refresh_flat"]
+__all__ = ["write_back", "from_skeleton", "from_particle", "objects", "refresh_flat"]
 
 _MISSING = object()
 
@@ -44,7 +44,7 @@ def refresh_flat(m: nn.Module) -> None:
         m._init_flat_weights()
 
 
-def materialize(sk: nn.Module, prefix: str, objs: dict[str, torch.Tensor],
+def from_skeleton(sk: nn.Module, prefix: str, objs: dict[str, torch.Tensor],
                 memo: dict[int, Any] | None = None) -> nn.Module:
     """A deep copy of skeleton module ``sk`` (at ``prefix``) holding ``objs``' tensors.
 
@@ -69,6 +69,8 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
     ``fresh``: paths of submodules to materialise anew even if the tree has a module there (a
     module an event added for recipients replaces whatever the tree held).
     """
+    if DEFERRED in root.__dict__:
+        materialize(root)
     s = q._schema
     objs = objects(q)
     w = _Write(objs, fresh, h)
@@ -77,7 +79,7 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
         for modules, name, sk, path in w.pending:  # submodules the tree lacks, after the walk
             child = w.done.get(id(sk))
             if child is None:
-                child = w.done[id(sk)] = materialize(sk, path + ".", objs, w.memo)
+                child = w.done[id(sk)] = from_skeleton(sk, path + ".", objs, w.memo)
                 for sub_path, sub in child.named_modules(prefix=path):
                     if isinstance(sub, NytoModuleBase):
                         TAGS[sub] = (h, sub_path)
@@ -142,3 +144,17 @@ def _reconcile(w: _Write, m: nn.Module, sk: nn.Module, prefix: str) -> None:
             continue
         _reconcile(w, child, s, path + ".")
     refresh_flat(m)
+
+
+def from_particle(p: Particle, *, copy: bool = False) -> nn.Module:
+    """A module tree holding ``p`` (same species and version), bound to a new handle."""
+    s = p._schema
+    objs = objects(p.clone() if copy else p)
+    with s.species._call_lock:
+        root = from_skeleton(s.skeleton, "", objs)
+    if p._training is not None:
+        root.train(p._training)
+    h = ParticleHandle(s, root)
+    tag_tree(root, h, "")
+    h.plan = Plan.of(root, s)
+    return root
