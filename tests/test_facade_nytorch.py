@@ -334,6 +334,23 @@ def a_replacement_is_one_version(nyto):
     return out
 
 
+@scenario
+def a_result_copies_the_attributes_of_the_moment(nyto):
+    class R(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(2, 2)
+            self.rate = 0.5
+
+    a = R()
+    b = a.randn()
+    out = a + b
+    a.rate = 0.9
+    a.l.tag = "later"
+    return out.rate, hasattr(out.l, "tag"), out.l is not a.l, torch.equal(out.l.weight,
+                                                                           a.l.weight + b.l.weight)
+
+
 EXPECTED = {
     "ids_follow_registration_order": [
         ({"b": 2, "a.weight": 0, "a.bias": 1}, [True, True, True]),
@@ -376,6 +393,7 @@ EXPECTED = {
         [((2, 2), True, True), ((2,), True, True), ((2,), False, False), ((2,), False, True)],
         [(2, 2), (2,), (2,), (2,)], True, True, True, True),
     "a_replacement_is_one_version": [True, True],
+    "a_result_copies_the_attributes_of_the_moment": (0.5, False, True, True),
 }
 
 
