@@ -558,3 +558,14 @@ def test_none_slots_follow_torchs_rules_and_can_be_deleted():
     del net.w  # the None slot itself goes, everywhere
     assert "w" not in other.touch()._parameters and "w" not in net._parameters
     assert net._version_kernel is other._version_kernel and net._version_kernel.version == 6
+
+
+def test_the_same_object_again_under_its_own_name_changes_nothing():
+    net = Replaceable()
+    other = net.randn()
+    v = net._version_kernel
+    net.l = net.l
+    net.w = net.w
+    net.add_module("l", net.l)
+    assert net._version_kernel is v and v.is_newest
+    assert other.touch().l.weight is not net.l.weight

@@ -70,6 +70,11 @@ def plain_set(m: nn.Module, name: str, value: Any, kind: str, persistent: bool =
     refresh_flat(m)
 
 
+def _entry(m: nn.Module, name: str) -> Any:
+    d = m.__dict__
+    return d["_parameters"].get(name, d["_modules"].get(name))
+
+
 def _refuse_kind_change(m: nn.Module, name: str, existing: str | None, kind: str) -> None:
     """torch's (and nytorch's) refusals: no parameter becomes a buffer or a module, no module a
     buffer, whether the old entry holds a value or None."""
@@ -118,6 +123,8 @@ def put(m: nn.Module, name: str, value: Any, kind: str, persistent: bool = True)
                           f"{name!r}")
     existing = kind_at(m, name)
     _refuse_kind_change(m, name, existing, kind)
+    if existing == kind and kind != "buffer" and _entry(m, name) is value:
+        return  # the very object again under its own name: nothing changes (as in nytorch)
     if kind == "module":
         if warn_if_circular(m, name, value):
             if existing in ("param", "buffer", "module", "param_none", "module_none"):
@@ -137,7 +144,7 @@ def put(m: nn.Module, name: str, value: Any, kind: str, persistent: bool = True)
     if existing is not None and existing != kind + "_none":
         steps.append((_REMOVAL[existing](full), {}))
     target = _alias(value, kind, p, root, h)
-    if target is not None and target != full:
+    if target is not None and target != full and not target.startswith(full + "."):
         steps.append((Tie(full, target), {}))
     elif kind == "param":
         steps.append(_edit.param_addition(full, value, what=what))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._particle import Particle
-from ._handle import TAGS, NytoModuleBase, ParticleHandle, tag_tree
+from ._handle import BUILDING, TAGS, NytoModuleBase, ParticleHandle, tag_tree
 from ._plan import DEFERRED, Plan, as_param, materialize
 
 __all__ = ["write_back", "from_skeleton", "from_particle", "objects", "refresh_flat"]
@@ -80,9 +80,7 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
             child = w.done.get(id(sk))
             if child is None:
                 child = w.done[id(sk)] = from_skeleton(sk, path + ".", objs, w.memo)
-                for sub_path, sub in child.named_modules(prefix=path):
-                    if isinstance(sub, NytoModuleBase):
-                        TAGS[sub] = (h, sub_path)
+                tag_tree(child, h, path)
             modules[name] = child
     h.schema = s
     h.plan = Plan.of(root, s)
@@ -107,6 +105,7 @@ def _reconcile(w: _Write, m: nn.Module, sk: nn.Module, prefix: str) -> None:
     w.live.add(id(m))
     if isinstance(m, NytoModuleBase) and (TAGS.get(m) or (None, None))[0] is not w.h:
         TAGS[m] = (w.h, prefix[:-1])
+        BUILDING.pop(m, None)
     objs = w.objs
     d = m.__dict__
     params, buffers, modules = d["_parameters"], d["_buffers"], d["_modules"]
