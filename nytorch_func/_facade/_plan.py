@@ -325,7 +325,7 @@ class Deferred:
     ``__dict__`` until :func:`materialize` builds the tree.
     """
 
-    __slots__ = ("schema", "layout", "snaps", "values", "_particle")
+    __slots__ = ("schema", "layout", "snaps", "values", "_particle", "alone")
     deferred = True
 
     @property
@@ -338,9 +338,10 @@ class Deferred:
         return p
 
     @classmethod
-    def make(cls, lay: Layout, snaps: list[dict], q: Particle, mode: int) -> nn.Module:
+    def make(cls, lay: Layout, snaps: list[dict], q: Particle, mode: int,
+             alone: bool = True) -> nn.Module:
         d = cls.__new__(cls)
-        d.schema, d.layout, d.snaps, d._particle = q._schema, lay, snaps, None
+        d.schema, d.layout, d.snaps, d._particle, d.alone = q._schema, lay, snaps, None, alone
         d.values = lay.values(q, mode)
         root = _new_object(lay.classes[0])
         h = ParticleHandle(q._schema, root, d)
@@ -353,7 +354,8 @@ class Deferred:
 
     def build(self, mods: None, q: Particle, mode: int = OP) -> nn.Module:
         """A result of this (never used) tree: the same snapshot, other tensors."""
-        return Deferred.make(self.layout, self.snaps, q, mode)
+        self.alone = False  # the snapshot is shared now: each tree built copies it
+        return Deferred.make(self.layout, self.snaps, q, mode, alone=False)
 
     def read(self) -> None:
         return None
@@ -372,8 +374,10 @@ def materialize(root: nn.Module, d: Deferred | None = None, h: ParticleHandle | 
     new: list = [None] * n
     new[0] = root
     children: list = [None] * n
+    alone = d.alone
+    npbs = {i: set(snaps[i]["_non_persistent_buffers_set"]) for i in lay.npb}
     for i in (lay.order or range(n)):
-        d_i = snaps[i].copy()
+        d_i = snaps[i] if alone else snaps[i].copy()
         pputs, bputs, kids = lay.makes[i]
         entries = d_i["_parameters"] = {}
         for name, at in pputs:
@@ -396,9 +400,8 @@ def materialize(root: nn.Module, d: Deferred | None = None, h: ParticleHandle | 
         for entries, kids in children:
             for name, c in kids:
                 entries[name] = None if c < 0 else new[c]
-    for i in lay.npb:
-        new[i].__dict__["_non_persistent_buffers_set"] = set(
-            snaps[i]["_non_persistent_buffers_set"])
+    for i, names in npbs.items():  # each tree its own set (the snapshot holds the source's)
+        new[i].__dict__["_non_persistent_buffers_set"] = names
     for i in lay.flat:
         new[i]._init_flat_weights()
     leaves = tuple(d.values[:lay.n_leaves])

@@ -60,7 +60,7 @@ def current(module: nn.Module, touch: bool = True):
         plan = h.plan = Plan.of(root, h.schema)
     got = None if plan is None else plan.read()
     if got is None:  # a tree the plan cannot describe: read it the slow way
-        return root, h, path, _view(root, h), None
+        return root, h, path, _read_by_path(root, h), None
     return root, h, path, Particle._make(h.schema, got[1], root.training), got[0]
 
 
@@ -71,7 +71,7 @@ def touch_tree(root: nn.Module, h: ParticleHandle) -> None:
         return
     plan = h.plan
     got = None if plan is None or plan.schema is not old else plan.read()
-    p = Particle._make(old, got[1], root.training) if got is not None else _view(root, h)
+    p = Particle._make(old, got[1], root.training) if got is not None else _read_by_path(root, h)
     q = core_touch(p)
     write_back(root, h, q, added_modules(events_between(old, q._schema)))
 
@@ -150,14 +150,14 @@ def sync(root: nn.Module, h: ParticleHandle) -> None:
         return
     plan = h.plan
     got = None if plan is None or plan.schema is not s else plan.read()
-    p = _view(root, h) if got is None else Particle._make(s, got[1], root.training)
+    p = _read_by_path(root, h) if got is None else Particle._make(s, got[1], root.training)
     removals = (DelParam, DelBuffer, DelModule, SetNone)
     steps = ([x for x in scan.steps if isinstance(x[0], removals)]  # removals first: a name
              + [x for x in scan.steps if not isinstance(x[0], removals)])  # may change kind
     commit_steps(root, h, p, steps)
 
 
-def _view(root: nn.Module, h: ParticleHandle) -> Particle:
+def _read_by_path(root: nn.Module, h: ParticleHandle) -> Particle:
     """The particle the tree holds at its version, read path by path (the slow way).
 
     A leaf whose paths no longer hold a tensor of its shape and dtype (replaced or removed

@@ -19,12 +19,12 @@ from .._particle import Particle
 from ._handle import BUILDING, TAGS, NytoModuleBase, ParticleHandle, tag_tree
 from ._plan import DEFERRED, Plan, as_param, materialize
 
-__all__ = ["write_back", "from_skeleton", "from_particle", "objects", "refresh_flat"]
+__all__ = ["write_back", "from_skeleton", "from_particle", "tensors_by_path", "refresh_flat"]
 
 _MISSING = object()
 
 
-def objects(q: Particle) -> dict[str, torch.Tensor]:
+def tensors_by_path(q: Particle) -> dict[str, torch.Tensor]:
     """``{path: tensor}`` for every path of ``q`` (parameters as ``nn.Parameter``)."""
     s = q._schema
     objs: dict[str, torch.Tensor] = {}
@@ -72,7 +72,7 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
     if DEFERRED in root.__dict__:
         materialize(root)
     s = q._schema
-    objs = objects(q)
+    objs = tensors_by_path(q)
     w = _Write(objs, fresh, h)
     with s.species._call_lock:
         _reconcile(w, root, s.skeleton, "")
@@ -148,7 +148,7 @@ def _reconcile(w: _Write, m: nn.Module, sk: nn.Module, prefix: str) -> None:
 def from_particle(p: Particle, *, copy: bool = False) -> nn.Module:
     """A module tree holding ``p`` (same species and version), bound to a new handle."""
     s = p._schema
-    objs = objects(p.clone() if copy else p)
+    objs = tensors_by_path(p.clone() if copy else p)
     with s.species._call_lock:
         root = from_skeleton(s.skeleton, "", objs)
     if p._training is not None:

@@ -3,8 +3,9 @@
 Both sides run the same model (an MLP of seven modules, a Sequential of Linear and ReLU with
 3,852 parameters, as ``benchmarks/bench_facade.py``) subclassing their library's NytoModule, and
 the same expression on two particles of one species. nytorch computes particle operations
-without autograd, and so does the facade: like is compared with like. The rows are skipped
-when nytorch is not installed.
+without autograd, and so does the facade: like is compared with like. The facade builds a
+result's module tree when the result is first used; ``facade-add-used`` uses it at once. The
+rows are skipped when nytorch is not installed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ EXPRESSIONS: dict[str, tuple[str, Callable[[Any, Any], Any], float | None]] = {
     "facade-add": ("a + b", lambda a, b: a + b, 5.0),
     "facade-mix": ("0.5*a + 0.5*b", lambda a, b: 0.5 * a + 0.5 * b, 5.0),
     "facade-clone": ("a.clone()", lambda a, b: a.clone(), None),
+    # the result used at once: its tree built (nytorch builds it inside the operation)
+    "facade-add-used": ("(a + b).net", lambda a, b: (a + b).net, None),
 }
 
 
