@@ -108,7 +108,7 @@ def _alias(value: Any, kind: str, p, root: nn.Module, h) -> str | None:
         for spec, t in zip(s.leaf_specs, p._leaves):
             if t is value and spec.kind == "param":
                 return spec.key
-        return next((k for k, t in s.shared.items() if t is value and s.by_key[k].is_param), None)
+        return next((k for k, t in s.shared.items() if t is value and s.by_path[k].is_param), None)
     if kind == "module":
         for path, m in root.named_modules():
             if m is value:

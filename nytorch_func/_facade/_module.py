@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import _edit
 from .._errors import NytorchFuncError, SchemaError, VersionError
-from .._events import Configure, Event
+from .._events import Event
 from .._particle import Particle
 from .._schema import Schema, computable
 from ._assign import (AttributeExistsError, CannotAssignError, kind_at, put, remove, set_none,
@@ -213,14 +213,7 @@ class NytoModule(NytoModuleBase):
             return
 
         def build(q: Particle) -> tuple[Event, dict]:
-            s = q._schema
-            to_shared = []
-            for key, new in changed:
-                cur = s.by_key[key]
-                if cur.leaf and new.shared:
-                    to_shared.append((key, nn.Parameter(q._leaves[s.leaf_index[key]].detach(),
-                                                        requires_grad=cur.requires_grad)))
-            return Configure(where, tuple(changed), tuple(to_shared)), {}
+            return _edit.configure_event(q, where, changed, "apply_param_config"), {}
 
         q = _edit.commit(p, build, "apply_param_config")
         write_back(root, h, q)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._config import ParamConfig as CoreConfig
 from .._errors import NytorchFuncError, SchemaError, VersionError
-from .._ops import align
+from .._arith import align
 from .._particle import Particle
 from ._bind import bind
 from ._handle import TAGS, NytoModuleBase

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._errors import NytorchFuncError, SchemaError
-from .._ops import align
+from .._arith import align
 from .._particle import Particle
 from .._touch import touch
 from ._config import MutableParamConfig, carried_copy

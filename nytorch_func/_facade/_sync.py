@@ -19,7 +19,7 @@ from .._errors import SchemaError
 from .._events import AddModule, Batch, DelBuffer, DelModule, DelParam, Event, SetNone, Tie
 from .._particle import Particle
 from .._schema import Schema
-from .._touch import events_between
+from .._migrate import events_between
 from .._touch import touch as core_touch
 from ._bind import cycle_error, root_of
 from ._handle import ParticleHandle

@@ -34,7 +34,7 @@ def tensors_by_path(q: Particle) -> dict[str, torch.Tensor]:
         for path in spec.paths:
             objs[path] = t
     for key, t in s.shared.items():
-        for path in s.by_key[key].paths:
+        for path in s.by_path[key].paths:
             objs[path] = t
     return objs
 
