@@ -165,14 +165,29 @@ def test_dtypes_survive_operations_events_and_checkpoints(dtype, tmp_path):
     assert back.w.dtype == dtype and torch.equal(back.w, b.w) and torch.equal(back.mask, b.mask)
 
 
-def test_an_in_place_dtype_change_is_seen():
+def test_a_whole_particle_converted_in_place_is_the_cores_conversion_event():
+    a = Zoo()
+    b = a.randn()
+    first = a._version_kernel  # keeps the history alive
+    mine = b.emb.weight.clone()
+    a + b
+    a.double()  # nn.Module.to: the same objects, another dtype
+    out = a + b
+    assert out.emb.weight.dtype == torch.float64 and out.conv[1].num_batches_tracked.dtype == torch.int64
+    assert "to float64" in str(nf.history(first.species))
+    assert b.emb.weight.dtype == torch.float64  # b converted its own values
+    assert torch.allclose(b.emb.weight, mine.double()) and not torch.equal(b.emb.weight, a.emb.weight)
+    assert out(X.double(), S).dtype == torch.float64
+
+
+def test_a_part_converted_in_place_is_a_replacement():
     a = Zoo()
     b = a.randn()
     a + b
-    a.head.double()  # a plain child converted in place: the same objects, another dtype
+    a.head.double()  # a plain child converted: the species takes this particle's new tensors
     out = a + b.touch()
     assert out.head[1].weight.dtype == torch.float64
-    assert b.touch().head[1].weight.dtype == torch.float64
+    assert torch.equal(b.touch().head[1].weight, a.head[1].weight)
 
 
 # -- real models, populations, checkpoints --------------------------------------------------------

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from .. import _edit
+from .._convert import Convert
 from .._errors import SchemaError
 from .._events import AddModule, Batch, DelBuffer, DelModule, DelParam, Event, SetNone, Tie
 from .._particle import Particle
-from .._schema import Schema
+from .._schema import Schema, computable
 from .._migrate import events_between
 from .._touch import touch as core_touch
 from ._bind import cycle_error, root_of
@@ -142,7 +143,15 @@ def _known(plan: Plan | None) -> dict[str, nn.Module]:
 
 
 def sync(root: nn.Module, h: ParticleHandle) -> None:
-    """Commit the structural edits made to the tree since it was last written (one event)."""
+    """Commit the structural edits made to the tree since it was last written (one event).
+
+    A conversion of the whole particle in place (``net.double()``, ``net.to(device)``) is the
+    core's conversion event, one version before any other edit: every particle converts its
+    own values when touched.
+    """
+    converted = _conversion(root, h.schema)
+    if converted is not None:
+        commit_steps(root, h, converted[1], [(converted[0], {})], f"{WHAT}: converting")
     s = h.schema
     scan = _Scan(s, _known(h.plan))
     _scan(scan, root, s.skeleton, "", frozenset((id(root),)), root)
@@ -155,6 +164,36 @@ def sync(root: nn.Module, h: ParticleHandle) -> None:
     steps = ([x for x in scan.steps if isinstance(x[0], removals)]  # removals first: a name
              + [x for x in scan.steps if not isinstance(x[0], removals)])  # may change kind
     commit_steps(root, h, p, steps)
+
+
+def _conversion(root: nn.Module, s: Schema) -> "tuple[Convert, Particle] | None":
+    """``(event, particle)`` when the tree's tensors were all converted in place to one dtype
+    and/or device (as ``nn.Module.to`` does: floating-point ones take the dtype, the others keep
+    theirs), with nothing else changed; else None."""
+    if s.shared:
+        return None
+    live = dict(root.named_parameters())  # first paths only (and no endless walk of a cycle)
+    live.update(root.named_buffers())
+    dtypes, devices, leaves, changed = set(), set(), [], False
+    for spec in s.leaf_specs:
+        t = live.get(spec.key)
+        if t is None or tuple(t.shape) != spec.shape:
+            return None
+        if computable(spec.dtype):
+            dtypes.add(t.dtype)
+        elif t.dtype != spec.dtype:
+            return None
+        devices.add(t.device)
+        changed = changed or t.dtype != spec.dtype or t.device != spec.device
+        leaves.append(t)
+    if not changed or len(dtypes) > 1 or len(devices) != 1:
+        return None
+    dtype = next(iter(dtypes), None)
+    device = next(iter(devices))
+    event = Convert(None if all(x.dtype == dtype for x in s.leaf_specs if computable(x.dtype))
+                    else dtype,
+                    None if all(x.device == device for x in s.leaf_specs) else device)
+    return event, Particle._make(s, tuple(leaves), root.training)
 
 
 def _read_by_path(root: nn.Module, h: ParticleHandle) -> Particle:
