@@ -84,7 +84,7 @@ def test_plain_child_structural_changes_become_events():
     net.body.append(nn.Tanh())
     v = net._version_kernel  # the three edits found at once: one event, all or nothing
     assert v.version == 1 and v.is_newest
-    assert [kind for kind, _ in _steps(v)] == ["set_none", "add_param", "add_module_sharing_buffers"]
+    assert [kind for kind, _ in _steps(v)] == ["add_param", "add_module_sharing_buffers", "set_none"]
     other.touch()
     assert other.head.bias is None
     assert torch.equal(other.body[0].extra, torch.ones(4))

@@ -256,3 +256,29 @@ def test_results_are_not_pickled_half_built():
     state = out.__getstate__()
     assert DEFERRED not in state and "_modules" in state
     assert pickle.loads(pickle.dumps(nn.Linear(2, 2))) is not None  # pickling itself untouched
+
+
+def test_deleting_or_inserting_a_child_of_a_sequential_keeps_every_particles_values():
+    class Stack(nf.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 2), nn.Linear(2, 2))
+
+    a = Stack()
+    b = a.randn()
+    own = [b.seq[2].weight, b.seq[3].weight]
+    ids = a.get_param_id(a.seq[2].weight)
+    del a.seq[1]  # behind the facade's back: torch renumbers the later children
+    a.touch()
+    b.touch()
+    assert [type(m).__name__ for m in b.seq] == ["Linear", "Linear", "Linear"]
+    assert b.seq[1].weight is own[0] and b.seq[2].weight is own[1]  # moved, not copied
+    assert a.get_param_id(a.seq[1].weight) == ids
+    a.seq.insert(1, nn.ReLU())
+    a.seq.insert(0, nn.Linear(2, 2))
+    a.touch()
+    b.touch()
+    assert [type(m).__name__ for m in b.seq] == ["Linear", "Linear", "ReLU", "Linear", "Linear"]
+    assert b.seq[3].weight is own[0] and b.seq[4].weight is own[1]
+    assert torch.equal(b.seq[0].weight, a.seq[0].weight) and b.seq[0].weight is not a.seq[0].weight
+    assert torch.allclose((a + b).seq[4].weight, a.seq[4].weight + own[1])

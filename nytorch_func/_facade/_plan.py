@@ -240,6 +240,17 @@ class Plan:
         lay, mods = got
         return cls(schema, tuple(weakref.ref(m) for m in mods), lay)
 
+    def modules_by_path(self) -> dict[str, nn.Module | None]:
+        """``{path: module}`` the tree had when planned (None where a module was freed since),
+        every path of a module that sits at several."""
+        lay = self.layout
+        mods = [ref() for ref in self.mods]
+        out = {"": mods[0]}
+        for p, name, c in lay.links:
+            parent = lay.paths[p]
+            out[f"{parent}.{name}" if parent else name] = mods[c]
+        return out
+
     def read(self) -> "tuple[list[nn.Module], tuple] | None":
         """``(modules, leaves)`` if the tree still has exactly the planned structure, else None.
 

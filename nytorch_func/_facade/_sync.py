@@ -9,17 +9,19 @@ event (a ``Batch`` when there are several), then ``touch_tree`` brings the tree 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .. import _edit
+from .._containers import DelChild, InsertModules, is_indexed
 from .._convert import Convert
 from .._errors import SchemaError
 from .._events import AddModule, Batch, DelBuffer, DelModule, DelParam, Event, SetNone, Tie
 from .._particle import Particle
-from .._schema import Schema, computable
+from .._schema import Schema, computable, split_path
 from .._migrate import events_between
 from .._touch import touch as core_touch
 from ._bind import cycle_error, root_of
@@ -120,7 +122,7 @@ class _Scan:
     def __init__(self, schema: Schema, known: dict[str, nn.Module]) -> None:
         self.schema = schema
         self.known = known  # path -> the module the tree had there when last written
-        self.tensors: dict[int, str] = {}  # tensor id -> first path seen
+        self.tensors: dict[int, tuple] = {}  # tensor id -> (first path seen, in the version)
         self.modules: dict[int, tuple[str, nn.Module]] = {}  # module id -> (path, skeleton)
         self.steps: list[tuple[Event, dict]] = []
         self.under: list[str] = []  # paths of the steps, to see edits under an aliased module
@@ -131,15 +133,7 @@ class _Scan:
 
 
 def _known(plan: Plan | None) -> dict[str, nn.Module]:
-    if plan is None:
-        return {}
-    lay = plan.layout
-    mods = [ref() for ref in plan.mods]
-    known = {"": mods[0]}
-    for p, name, c in lay.links:
-        parent = lay.paths[p]
-        known[f"{parent}.{name}" if parent else name] = mods[c]
-    return known
+    return {} if plan is None else plan.modules_by_path()
 
 
 def sync(root: nn.Module, h: ParticleHandle) -> None:
@@ -153,17 +147,13 @@ def sync(root: nn.Module, h: ParticleHandle) -> None:
     if converted is not None:
         commit_steps(root, h, converted[1], [(converted[0], {})], f"{WHAT}: converting")
     s = h.schema
-    scan = _Scan(s, _known(h.plan))
+    known = _known(h.plan if h.plan is not None and h.plan.schema is s else None)
+    scan = _Scan(s, known)
     _scan(scan, root, s.skeleton, "", frozenset((id(root),)), root)
     if not scan.steps:
         return
-    plan = h.plan
-    got = None if plan is None or plan.schema is not s else plan.read()
-    p = _read_by_path(root, h) if got is None else Particle._make(s, got[1], root.training)
-    removals = (DelParam, DelBuffer, DelModule, SetNone)
-    steps = ([x for x in scan.steps if isinstance(x[0], removals)]  # removals first: a name
-             + [x for x in scan.steps if not isinstance(x[0], removals)])  # may change kind
-    commit_steps(root, h, p, steps)
+    p = _read_by_path(root, h, known)
+    commit_steps(root, h, p, scan.steps)
 
 
 def _conversion(root: nn.Module, s: Schema) -> "tuple[Convert, Particle] | None":
@@ -196,26 +186,53 @@ def _conversion(root: nn.Module, s: Schema) -> "tuple[Convert, Particle] | None"
     return event, Particle._make(s, tuple(leaves), root.training)
 
 
-def _read_by_path(root: nn.Module, h: ParticleHandle) -> Particle:
-    """The particle the tree holds at its version, read path by path (the slow way).
+def _read_by_path(root: nn.Module, h: ParticleHandle,
+                  known: dict[str, nn.Module] | None = None) -> Particle:
+    """The particle the tree holds at its version, read the slow way: each leaf from the module
+    that held it when the tree was last written (``known``, by path; it may have moved, as the
+    later children of a Sequential do after ``del seq[i]``), else by its path.
 
-    A leaf whose paths no longer hold a tensor of its shape and dtype (replaced or removed
+    A leaf no module holds any more with its shape, dtype and device (replaced or removed
     behind the facade's back, so an event drops it) reads as an empty meta tensor.
     """
     s = h.schema
-    live = dict(root.named_parameters(remove_duplicate=False))
-    live.update(root.named_buffers(remove_duplicate=False))
+    known = known or {}
+    live = None
     leaves = []
-    for key, spec in zip(s.leaf_keys, s.leaf_specs):
-        t = next((live[x] for x in spec.paths if x in live and tuple(live[x].shape) == spec.shape
-                  and live[x].dtype == spec.dtype and live[x].device == spec.device), None)
-        leaves.append(torch.empty(spec.shape, dtype=spec.dtype, device="meta") if t is None else t)
+    for spec in s.leaf_specs:
+        t = None
+        module_path, name = split_path(spec.key)
+        m = known.get(module_path)
+        if m is not None:
+            t = m.__dict__["_parameters" if spec.kind == "param" else "_buffers"].get(name)
+        else:
+            if live is None:
+                live = dict(root.named_parameters(remove_duplicate=False))
+                live.update(root.named_buffers(remove_duplicate=False))
+            t = next((live[x] for x in spec.paths if x in live), None)
+        if t is None or tuple(t.shape) != spec.shape or t.dtype != spec.dtype or (
+                t.device != spec.device):
+            t = torch.empty(spec.shape, dtype=spec.dtype, device="meta")
+        leaves.append(t)
     return Particle._make(s, tuple(leaves), root.training)
 
 
-def _scan(st: _Scan, m: nn.Module, sk: nn.Module, prefix: str, above: frozenset, root: nn.Module) -> None:
-    """Walk ``m`` against skeleton ``sk``: record every structural difference as a step."""
+def _scan(st: _Scan, m: nn.Module, sk: nn.Module, prefix: str, above: frozenset,
+          root: nn.Module, old: str | None = None) -> None:
+    """Walk ``m`` against skeleton ``sk``: record every structural difference as a step.
+
+    ``prefix``: the module's path for the events (after any renumbering recorded before);
+    ``old``: its path in the tree's version (the schema and the known modules), if another.
+    """
     s = st.schema
+    old = prefix if old is None else old
+    renumbered = _renumbering(st, m, sk, prefix, old)
+    if renumbered is None:
+        for name in sk._modules:  # submodules gone first: the name may hold a tensor now
+            if name not in m._modules:
+                st.add((DelModule(prefix + name), {}), prefix + name)
+    else:  # del seq[i] / seq.insert(i, ...): the core's container events, renumbering
+        st.add(renumbered[0], prefix[:-1])
     for kind, live, skel in (("param", m._parameters, sk._parameters),
                              ("buffer", m._buffers, sk._buffers)):
         for name, t in live.items():
@@ -228,27 +245,35 @@ def _scan(st: _Scan, m: nn.Module, sk: nn.Module, prefix: str, above: frozenset,
             first = st.tensors.get(id(t))
             if was is _MISSING or was is None:  # new here (or filling a None slot)
                 if first is not None and kind == "param":
-                    st.add((Tie(path, first), {}), path)
+                    st.add((Tie(path, first[0]), {}), path)
                 else:
                     st.add(_addition(kind, path, t, m, name), path)
-                    st.tensors.setdefault(id(t), path)
+                    st.tensors.setdefault(id(t), (path, None))
                 continue
-            spec = s.by_path[path]
+            spec = s.by_path[old + name]
             if (tuple(t.shape) != spec.shape or t.dtype != spec.dtype
                     or t.device != spec.device):  # another kind of tensor: a replacement
                 st.add(((DelParam if kind == "param" else DelBuffer)(path), {}), path)
                 st.add(_addition(kind, path, t, m, name), path)
-            elif first is None and path != spec.key and kind == "param":  # untied
+            elif first is None and old + name != spec.key and kind == "param":  # untied
                 st.add((DelParam(path), {}), path)
                 st.add(_addition(kind, path, t, m, name), path)
-            elif first is not None and s.by_path.get(first) is not spec:  # tied to another one
+            elif first is not None and s.by_path.get(first[1]) is not spec:  # tied to another
                 st.add((DelParam(path), {}), path)
-                st.add((Tie(path, first), {}), path)
-            st.tensors.setdefault(id(t), path)
+                st.add((Tie(path, first[0]), {}), path)
+            st.tensors.setdefault(id(t), (path, old + name))
         for name in skel:
             if name not in live:  # deleted (a None slot too: `del m.bias` after m.bias = None)
                 st.add(((DelParam if kind == "param" else DelBuffer)(prefix + name), {}),
                        prefix + name)
+    if renumbered is not None:
+        for name, c, was_name in renumbered[1]:
+            if was_name is not None:  # (the inserted module's tensors are in the step)
+                was = sk._modules[was_name]
+                st.modules[id(c)] = (prefix + name, was)
+                _scan(st, c, was, prefix + name + ".", above | {id(c)}, root,
+                      old + was_name + ".")
+        return
     for name, c in m._modules.items():
         path = prefix + name
         was = sk._modules.get(name, _MISSING)
@@ -268,17 +293,54 @@ def _scan(st: _Scan, m: nn.Module, sk: nn.Module, prefix: str, above: frozenset,
                 st.add((DelModule(path), {}), path)
                 st.add((Tie(path, first), {}), path)
             continue
-        if was is _MISSING or was is None or (st.known and st.known.get(path) is not c):
+        if was is _MISSING or was is None or (st.known and st.known.get(old + name) is not c):
             if was is not _MISSING and was is not None:  # a new module object was put here
                 st.add((DelModule(path), {}), path)
             st.add(_edit.module_addition(path, c, share_buffers=True, what=WHAT), path)
             st.modules[id(c)] = (path, None)
             continue
         st.modules[id(c)] = (path, was)
-        _scan(st, c, was, path + ".", above | {id(c)}, root)
-    for name in sk._modules:
-        if name not in m._modules:
-            st.add((DelModule(prefix + name), {}), prefix + name)
+        _scan(st, c, was, path + ".", above | {id(c)}, root, old + name + ".")
+
+
+def _renumbering(st: _Scan, m: nn.Module, sk: nn.Module, prefix: str, old: str):
+    """``(step, [(name, live child, skeleton child's name or None)])`` when the children of a
+    Sequential or ModuleList were deleted or inserted in the middle and the others renumbered
+    (as ``del seq[i]`` and ``seq.insert(i, module)`` do): one step of the core's container
+    events (a ``Batch`` when there are several), from the last change to the first so every
+    index is still right when its event applies. None when nothing moved (appends and pops at
+    the end are ordinary additions and deletions)."""
+    if not is_indexed(m) or not st.known:
+        return None
+    keys = list(sk._modules)
+    live = list(m._modules.values())
+    if (keys != [str(i) for i in range(len(keys))] or any(x is None for x in live)
+            or list(m._modules) != [str(i) for i in range(len(live))]):
+        return None
+    had = [st.known.get(old + k) for k in keys]  # (a child deleted and freed reads as None)
+    ops = difflib.SequenceMatcher(None, [id(x) for x in had], [id(x) for x in live],
+                                  autojunk=False).get_opcodes()
+    changes = [op for op in ops if op[0] != "equal"]
+    if not changes or all(op[1] == len(keys) or op[0] == "delete" and op[2] == len(keys)
+                          for op in changes):
+        return None  # nothing moved: only the tail changed
+    container = prefix[:-1]
+    events: list = []
+    own: dict[str, torch.Tensor] = {}
+    for tag, i1, i2, j1, j2 in reversed(ops):
+        if tag in ("delete", "replace"):
+            events += [DelChild(f"{prefix}{i}") for i in reversed(range(i1, i2))]
+        if tag in ("insert", "replace"):
+            parts = [_edit.module_parts(live[j], f"{prefix}{i1 + k}", WHAT)
+                     for k, j in enumerate(range(j1, j2))]
+            events.append(InsertModules(container, i1, tuple(x[0] for x in parts),
+                                        tuple(x[1] for x in parts), tuple(x[3] for x in parts)))
+            for k, (_, specs, values, _) in enumerate(parts):
+                own.update({f"{prefix}{j1 + k}.{spec.key}": v for spec, v in zip(specs, values)})
+    kept = {j1 + k: str(i1 + k) for tag, i1, i2, j1, j2 in ops if tag == "equal"
+            for k in range(i2 - i1)}
+    step = (events[0] if len(events) == 1 else Batch(tuple(events)), own)
+    return step, [(str(j), c, kept.get(j)) for j, c in enumerate(live)]
 
 
 def _addition(kind: str, path: str, t: torch.Tensor, parent: nn.Module, name: str):

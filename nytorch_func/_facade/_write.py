@@ -74,6 +74,17 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
     s = q._schema
     objs = tensors_by_path(q)
     w = _Write(objs, fresh, h)
+    plan = h.plan
+    if plan is not None and not plan.deferred and plan.schema is h.schema:
+        # the module each skeleton module of the tree's version had: a module the new version
+        # keeps under another name (del seq[i] renumbers) is moved there, not rebuilt
+        had = plan.modules_by_path()
+        for path, sk in h.schema.skeleton.named_modules(remove_duplicate=False):
+            m = had.get(path)
+            if m is not None:
+                w.moved.setdefault(id(sk), m)
+        w.claimed = {id(w.moved[id(sk)]) for _, sk in s.skeleton.named_modules()
+                     if id(sk) in w.moved}
     with s.species._call_lock:
         _reconcile(w, root, s.skeleton, "")
         for modules, name, sk, path in w.pending:  # submodules the tree lacks, after the walk
@@ -89,10 +100,12 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
 class _Write:
     """The state of one write: skeleton module -> live module (aliases become one module)."""
 
-    __slots__ = ("objs", "fresh", "h", "done", "live", "pending", "memo")
+    __slots__ = ("objs", "fresh", "h", "done", "live", "pending", "memo", "moved", "claimed")
 
     def __init__(self, objs: dict, fresh: set[str], h: ParticleHandle) -> None:
         self.objs, self.fresh, self.h = objs, fresh, h
+        self.moved: dict[int, nn.Module] = {}  # id(skeleton module) -> the tree's module
+        self.claimed: set[int] = set()  # the tree's modules that the new version keeps
         self.done: dict[int, nn.Module] = {}
         self.live: set[int] = set()
         self.pending: list = []
@@ -137,6 +150,12 @@ def _reconcile(w: _Write, m: nn.Module, sk: nn.Module, prefix: str) -> None:
             modules[name] = w.done[id(s)]
             continue
         child = modules.get(name)
+        moved = w.moved.get(id(s))
+        if moved is not None:
+            if moved is not child and id(moved) not in w.live:
+                child = modules[name] = moved  # a module of the tree under its new name
+        elif child is not None and id(child) in w.claimed:
+            child = None  # (it moved elsewhere: a module new in this version goes here)
         if child is None or path in w.fresh or id(child) in w.live:
             w.pending.append((modules, name, s, path))
             d.pop(name, None)
