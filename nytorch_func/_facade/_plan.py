@@ -23,6 +23,7 @@ per source module, the new tensors written straight into the copies' dicts.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -90,7 +91,7 @@ class Layout:
 
     __slots__ = ("paths", "links", "reads", "perm", "again", "nones", "makes", "order", "n_leaves",
                  "shared_keys", "acts", "grads", "is_param", "all_new", "nyto", "flat", "npb",
-                 "classes", "defer")
+                 "classes", "defer", "unchanged")
 
     @classmethod
     def of(cls, root: nn.Module, schema: Schema) -> "tuple[Layout, list[nn.Module]] | None":
@@ -191,6 +192,7 @@ class Layout:
         lay.npb = tuple(i for i, m in enumerate(mods) if m.__dict__["_non_persistent_buffers_set"])
         lay.classes = tuple(type(m) for m in mods)
         lay.defer = deferrable.get("getattr") is getattr(lay.classes[0], "__getattr__", None)
+        lay.unchanged = None if lay.again or lay.nones else _compile_unchanged(lay)
         return lay, mods
 
     def values(self, q: Particle, mode: int) -> list:
@@ -260,6 +262,8 @@ class Plan:
         lay = self.layout
         mods = [ref() for ref in self.mods]
         known = self.known
+        if known and lay.unchanged is not None and lay.unchanged(mods, known):
+            return mods, self.leaves
         values = []
         same = bool(known)
         try:
@@ -420,6 +424,34 @@ def materialize(root: nn.Module, d: Deferred | None = None, h: ParticleHandle | 
                   leaves)
     for i in lay.nyto[1:] if lay.nyto and lay.nyto[0] == 0 else lay.nyto:
         TAGS[new[i]] = (h, lay.paths[i])
+
+
+def _compile_unchanged(lay: Layout) -> Callable[[list, tuple], bool]:
+    """``unchanged(modules, known)``: whether the tree is exactly as last read (the same module
+    and tensor objects under the same names, dict sizes, dtypes), as straight-line code for this
+    layout. The general loop of :meth:`Plan.read` does the same checks; this is its fast path
+    (no loops or tuple unpacking per module: about half the time on a small model)."""
+    consts: dict[str, Any] = {}
+    lines = ["def unchanged(mods, known):", "    try:",
+             "        " + "".join(f"m{i}, " for i in range(len(lay.reads))) + "= mods"]
+    for i, (n_p, n_b, n_m, pc, bc, kids) in enumerate(lay.reads):
+        lines.append(f"        d = m{i}.__dict__")
+        for dn, n, checks in (("_parameters", n_p, pc), ("_buffers", n_b, bc)):
+            lines.append(f"        e = d[{dn!r}]")
+            lines.append(f"        if len(e) != {n}: return False")
+            for name, k, _, dtype, _, _ in checks:
+                consts[f"D{k}"] = dtype
+                lines.append(f"        t = e.get({name!r})")
+                lines.append(f"        if t is not known[{k}] or t.dtype is not D{k}: return False")
+        lines.append("        e = d['_modules']")
+        lines.append(f"        if len(e) != {n_m}: return False")
+        for name, c in kids:
+            lines.append(f"        if e.get({name!r}) is not m{c}: return False")
+    lines += ["    except (AttributeError, ValueError):  # a module freed", "        return False",
+              "    return True"]
+    exec(compile("\n".join(lines), f"<nytorch_func layout check of {len(lay.reads)} modules>",
+                 "exec"), consts)
+    return consts.pop("unchanged")  # (kept in its own globals it would be a reference cycle)
 
 
 def _module_order(lay: Layout, leaves: tuple) -> tuple:
