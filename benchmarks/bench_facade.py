@@ -1,9 +1,10 @@
 """Facade benchmark: a particle operation between two NytoModules vs nytorch 1.1.0's.
 
 Run: PYTHONPATH=. python benchmarks/bench_facade.py [--before REV]
-(needs nytorch==1.1.0, the "bench" extra). ``--before REV`` also times the facade as it was at
-git revision REV (loaded from ``git show REV:nytorch_func/_facade.py`` next to the current one),
-so before/after figures come from one interleaved run.
+(needs nytorch==1.1.0, the "bench" extra). ``--before REV`` also times the library as it was at
+git revision REV (exported under another package name next to the current one), so
+before/after figures come from one interleaved run. ``python -m nytorch_func.bench --only
+facade`` has the same comparison as benchmark rows (collector off while timing, as every row).
 
 Model: a 3,852-parameter MLP (Sequential of Linear/ReLU, 7 modules) as a NytoModule subclass
 in each library. Every library's runs are interleaved in small batches so that load on a shared
@@ -13,7 +14,7 @@ idle machine.
 """
 
 import argparse
-import importlib.util
+import importlib
 import subprocess
 import sys
 import tempfile
@@ -40,17 +41,24 @@ def make(base):
 
 
 def load_facade_at(rev):
-    """The NytoModule class of ``nytorch_func/_facade.py`` at git revision ``rev``."""
+    """The NytoModule class of the library at git revision ``rev``.
+
+    The package at ``rev`` is exported to a temporary folder under another name
+    (``nytorch_func_at_<rev>``) and imported from there, so the facade of that revision runs
+    on the core of that revision, next to the current one in the same process.
+    """
     root = Path(__file__).resolve().parent.parent
-    src = subprocess.run(["git", "show", f"{rev}:nytorch_func/_facade.py"], cwd=root,
-                         check=True, capture_output=True, text=True).stdout
-    tmp = Path(tempfile.mkdtemp()) / "_facade_before.py"
-    tmp.write_text(src)
-    spec = importlib.util.spec_from_file_location("nytorch_func._facade_before", tmp)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "nytorch_func"
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    tmp = Path(tempfile.mkdtemp())
+    archive = subprocess.run(["git", "archive", rev, "nytorch_func"], cwd=root, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    name = "nytorch_func_at_" + "".join(c if c.isalnum() else "_" for c in rev)
+    (tmp / "nytorch_func").rename(tmp / name)
+    sys.path.insert(0, str(tmp))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(tmp))
     return module.NytoModule
 
 

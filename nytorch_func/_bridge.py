@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,17 +19,19 @@ from ._schema import Schema, TensorSpec, computable, make_skeleton
 from ._species import Species
 from ._state_dict import adopt
 
-__all__ = ["from_module", "to_module", "apply", "apply_with_state", "collect"]
+__all__ = ["from_module", "new_species", "to_module", "apply", "apply_with_state", "collect"]
 
 
-def collect(module: nn.Module, what: str = "from_module"
+def collect(module: nn.Module, what: str = "from_module", order: Sequence[str] = ()
             ) -> tuple[list[TensorSpec], list[torch.Tensor]]:
     """Specs (paths relative to ``module``, pids from 0) and tensors of every param and buffer.
 
     A tensor object reachable from several paths (tied weights) is one spec with several paths.
     Lazy modules (``nn.LazyLinear``) must have run once: their shapes are not known before.
+    Parameter ids follow ``named_parameters`` order, or ``order`` (parameter paths, any alias)
+    where given: the parameters it names first, in its order, then the others.
     """
-    order: list[int] = []
+    seen: list[int] = []
     paths: dict[int, list[str]] = {}
     tensors: dict[int, torch.Tensor] = {}
     kinds: dict[int, str] = {}
@@ -43,15 +46,16 @@ def collect(module: nn.Module, what: str = "from_module"
                     f"{what} again")
             key = id(t)
             if key not in paths:
-                order.append(key)
+                seen.append(key)
                 paths[key], tensors[key], kinds[key] = [], t, kind
             paths[key].append(path)
-    specs, values, pid = [], [], 0
-    for key in order:
+    pids = _pid_order([tuple(paths[k]) for k in seen if kinds[k] == "param"], order)
+    specs, values = [], []
+    for key in seen:
         t, kind, ps = tensors[key], kinds[key], tuple(paths[key])
         if kind == "param":
-            spec = TensorSpec.of(ps[0], "param", t, paths=ps, pid=pid, config=default_config(t))
-            pid += 1
+            spec = TensorSpec.of(ps[0], "param", t, paths=ps, pid=pids[ps[0]],
+                                 config=default_config(t))
         else:
             parent_path, _, name = ps[0].rpartition(".")
             parent = module.get_submodule(parent_path) if parent_path else module
@@ -60,6 +64,17 @@ def collect(module: nn.Module, what: str = "from_module"
         specs.append(spec)
         values.append(t)
     return specs, values
+
+
+def _pid_order(params: list[tuple[str, ...]], order: Sequence[str]) -> dict[str, int]:
+    """``{canonical path: pid}``: the parameters ``order`` names first, then the rest."""
+    if not order:
+        return {ps[0]: i for i, ps in enumerate(params)}
+    rank = {path: i for i, path in enumerate(order)}
+    last = len(rank)
+    keyed = sorted(range(len(params)),
+                   key=lambda i: (min((rank.get(x, last) for x in params[i]), default=last), i))
+    return {params[i][0]: pid for pid, i in enumerate(keyed)}
 
 
 def default_config(t: torch.Tensor) -> ParamConfig:
@@ -113,15 +128,43 @@ def from_module(module: nn.Module, *, name: str | None = None,
     hook = getattr(module, "__nytorch_particle__", None)
     if hook is not None:
         return hook()
-    specs, values = collect(module)
+    return new_species(module, name=name)
+
+
+def new_species(module: nn.Module, *, name: str | None = None, order: Sequence[str] = (),
+                configs: Mapping[str, ParamConfig] | None = None,
+                what: str = "from_module") -> Particle:
+    """:func:`from_module`'s steps for a caller that manages its own module trees.
+
+    No ``__nytorch_particle__`` hook is consulted. ``order``: parameter paths in the order their
+    ids are given (the others follow in ``named_parameters`` order); ``configs``: ``{path:
+    ParamConfig}`` for parameters that start with another config than the default (a shared one,
+    ``operational=False, clone=False``, puts the module's tensor into the schema). The NytoModule
+    facade makes its species with this, from the registration order nytorch gives ids in.
+
+    >>> import torch, nytorch_func as nf
+    >>> from nytorch_func._bridge import new_species
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> nf.param_ids(new_species(net, order=["1.weight", "1.bias"]))
+    {'0.weight': 2, '0.bias': 3, '1.weight': 0, '1.bias': 1}
+    """
+    specs, values = collect(module, what, order)
+    shared: dict[str, torch.Tensor] = {}
+    if configs:
+        for i, (spec, value) in enumerate(zip(specs, values)):
+            cfg = next((configs[x] for x in spec.paths if x in configs), None)
+            if spec.kind == "param" and cfg is not None:
+                specs[i] = dataclasses.replace(spec, config=cfg)
+                if cfg.shared:
+                    shared[spec.key] = value
     try:
         skeleton = make_skeleton(module)
     except Exception as err:  # noqa: BLE001 - any failure of deepcopy means "cannot copy"
-        raise SchemaError(f"from_module: cannot copy the structure of {type(module).__name__} "
+        raise SchemaError(f"{what}: cannot copy the structure of {type(module).__name__} "
                           f"({type(err).__name__}: {err}); make the module deep-copyable") from err
     species = Species(name or type(module).__name__)
     n_params = sum(s.is_param for s in specs)
-    schema = Schema(species, 0, skeleton, tuple(specs), {}, n_params)
+    schema = Schema(species, 0, skeleton, tuple(specs), shared, n_params)
     species._register(schema)
     by_key = dict(zip((s.key for s in specs), values))
     return Particle._make(schema, tuple(by_key[k] for k in schema.leaf_keys), None)

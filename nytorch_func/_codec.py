@@ -69,6 +69,8 @@ class Encoder(ValueEncoder):
                                           for k, x in v.asdict().items()]}
         if isinstance(v, TensorSpec):
             return self.spec(v, where)
+        if isinstance(v, Event):  # the steps of a Batch
+            return self.event(v, where)
         if isinstance(v, weakref.ReferenceType) and metas is not None:
             target = v()
             live = target is not None and id(target) in metas

@@ -18,8 +18,8 @@ from ._config import ParamConfig
 from ._config_events import Configure, ConfigureBuffer, ConfigureBuffers
 from ._convert import Convert, converted_dtype
 from ._errors import ArgumentTypeError, NytorchFuncError, SchemaError
-from ._events import (NO_VALUES, AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam,
-                      Event, Migration, SetNone)
+from ._events import (NO_VALUES, AddBuffer, AddModule, AddModuleSharingBuffers, AddParam,
+                      DelBuffer, DelModule, DelParam, Event, Migration, SetNone)
 from ._particle import Particle, expect_particle
 from ._containers import DelChild, is_indexed
 from ._schema import computable, make_skeleton, split_path, suggest
@@ -27,7 +27,7 @@ from ._species import StaleHead
 
 __all__ = ["add_param", "del_param", "add_buffer", "del_buffer", "add_module", "del_module",
            "set_none", "configure", "configure_buffer", "to", "commit", "configure_event", "module_parts",
-           "remove_module"]
+           "remove_module", "param_addition", "buffer_addition", "module_addition"]
 
 Build = Callable[[Particle], tuple[Event, dict[str, torch.Tensor]]]
 
@@ -118,18 +118,24 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
     >>> net1["scale"] is w, net2["scale"] is w, torch.equal(net2["scale"], w)
     (True, False, True)
     """
-    tensor = _tensor(tensor, "add_param", path)
+    event, own = param_addition(path, tensor, config)
+    return commit(p, lambda q: (event, own), "add_param")
+
+
+def param_addition(path: str, tensor: torch.Tensor, config: ParamConfig | None = None,
+                   what: str = "add_param") -> tuple[Event, dict[str, torch.Tensor]]:
+    """:func:`add_param`'s event and the initiator's own tensor, validated, nothing committed."""
+    tensor = _tensor(tensor, what, path)
     if config is not None and not isinstance(config, ParamConfig):
-        raise ArgumentTypeError(f"add_param: config for {path!r} must be a ParamConfig, got "
+        raise ArgumentTypeError(f"{what}: config for {path!r} must be a ParamConfig, got "
                                 f"{type(config).__name__}")
     cfg = config or default_config(tensor)
     if cfg.operational and not computable(tensor.dtype):
-        raise _operational_int(path, tensor.dtype, "add_param")
+        raise _operational_int(path, tensor.dtype, what)
     if tensor.requires_grad and not (tensor.is_floating_point() or tensor.is_complex()):
-        raise SchemaError(f"add_param: {path!r} must be floating point to require grad")
+        raise SchemaError(f"{what}: {path!r} must be floating point to require grad")
     snapshot = tensor.detach().clone()
-    event = AddParam(path, snapshot, cfg, bool(tensor.requires_grad))
-    return commit(p, lambda q: (event, {path: tensor}), "add_param")
+    return AddParam(path, snapshot, cfg, bool(tensor.requires_grad)), {path: tensor}
 
 
 def del_param(p: Particle, path: str) -> Particle:
@@ -157,12 +163,19 @@ def add_buffer(p: Particle, path: str, tensor: torch.Tensor, *, state: bool = Tr
     ``state=True`` makes it per-particle state (each particle may later hold its own value, e.g.
     through :func:`apply_with_state`); ``state=False`` makes it one tensor shared by the species.
     """
-    tensor = _tensor(tensor, "add_buffer", path)
+    event, own = buffer_addition(path, tensor, state=state, persistent=persistent)
+    return commit(p, lambda q: (event, own), "add_buffer")
+
+
+def buffer_addition(path: str, tensor: torch.Tensor, *, state: bool = True,
+                    persistent: bool = True,
+                    what: str = "add_buffer") -> tuple[Event, dict[str, torch.Tensor]]:
+    """:func:`add_buffer`'s event and the initiator's own tensor, validated, nothing committed."""
+    tensor = _tensor(tensor, what, path)
     if not isinstance(state, bool):
-        raise ArgumentTypeError(f"add_buffer: state for {path!r} must be True or False, got "
+        raise ArgumentTypeError(f"{what}: state for {path!r} must be True or False, got "
                                 f"{state!r}")
-    event = AddBuffer(path, tensor, state, bool(persistent))
-    return commit(p, lambda q: (event, {path: tensor}), "add_buffer")
+    return AddBuffer(path, tensor, state, bool(persistent)), {path: tensor}
 
 
 def del_buffer(p: Particle, path: str) -> Particle:
@@ -184,10 +197,25 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
     >>> grown["1.weight"] is head.weight, nf.apply(grown, torch.ones(3, 2)).shape
     (True, torch.Size([3, 1]))
     """
-    skeleton, specs, values, snapshots = module_parts(module, path, "add_module")
-    event = AddModule(path, skeleton, specs, snapshots)
-    own = {f"{path}.{s.key}": v for s, v in zip(specs, values)}
+    event, own = module_addition(path, module)
     return commit(p, lambda q: (event, own), "add_module")
+
+
+def module_addition(path: str, module: nn.Module, *, share_buffers: bool = False,
+                    what: str = "add_module") -> tuple[Event, dict[str, torch.Tensor]]:
+    """:func:`add_module`'s event and the initiator's own tensors, validated, nothing committed.
+
+    ``share_buffers=True`` gives recipients the module's very buffer objects instead of copies
+    (:class:`AddModuleSharingBuffers`, nytorch's rule).
+    """
+    skeleton, specs, values, snapshots = module_parts(module, path, what)
+    if share_buffers:
+        snapshots = tuple(v if s.kind == "buffer" else snap
+                          for s, v, snap in zip(specs, values, snapshots))
+        event: Event = AddModuleSharingBuffers(path, skeleton, specs, snapshots)
+    else:
+        event = AddModule(path, skeleton, specs, snapshots)
+    return event, {f"{path}.{s.key}": v for s, v in zip(specs, values)}
 
 
 def module_parts(module: nn.Module, path: str, what: str

@@ -291,7 +291,7 @@ def test_product_round_trip_and_builtins():
     product: ParamProduct = net.product()
     new_net: Linear = product.module()
     assert type(new_net) is Linear and torch.equal(new_net.weight, net.weight)
-    assert new_net.weight is not net.weight
+    assert new_net.weight is net.weight and new_net is not net  # the product's very tensors
     net.product_(2 * product)
     assert torch.equal(net.weight, torch.tensor([4.]))
     product = net.product()

@@ -19,6 +19,7 @@ from torch import nn
 
 import nytorch_func as nf
 
+from ._facade_cases import facade_rows
 from ._harness import Case, Side, Target
 from ._io_cases import io_rows
 from ._merge_cases import merge_rows
@@ -484,7 +485,7 @@ def p7() -> Built:
 BUILDERS: dict[str, Callable[[], Built]] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "touch": touch_rows, "event": event_rows,
     "io": io_rows, "P7": p7,
-    "merge": merge_rows, "init": init_rows, "adam": adam_rows,
+    "merge": merge_rows, "init": init_rows, "adam": adam_rows, "facade": facade_rows,
 }
 GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7", "merge", "init",
-          "adam")
+          "adam", "facade")

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from .._errors import NytorchFuncError, SchemaError
-from .._facade import NytoModule, ParamProduct, _handle_of, install_operators
+from .._facade import NytoModule, ParamProduct, handle_of as _handle_of, install_operators
 
 __all__ = ["ParticleModule", "PMProduct", "GetNytoModule"]
 
