@@ -182,7 +182,7 @@ def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
     for spec, leaf in zip(s.leaf_specs, p._leaves):
         if spec.kind == "buffer":
             leaf = leaf.clone()
-        for path in spec.paths:
+        for path in spec.paths if len(spec.paths) == 1 else _slots(s, spec):
             out[path] = leaf
     shared_buffers = []
     for key, tensor in s.shared.items():
@@ -190,9 +190,26 @@ def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
         if spec.kind == "buffer":
             tensor = tensor.clone()
             shared_buffers.append((spec.paths[0], tensor, tensor._version))
-        for path in spec.paths:
+        for path in spec.paths if len(spec.paths) == 1 else _slots(s, spec):
             out[path] = tensor
     return out, shared_buffers
+
+
+def _slots(s: Schema, spec: TensorSpec) -> list[str]:
+    """The paths of a tied tensor that name distinct slots of the skeleton.
+
+    A submodule reachable under two names (``n.again = n.l``) gives each of its tensors two
+    paths but one slot; ``functional_call`` would swap the slot twice and, restoring in the same
+    order, leave the particle's tensor in the shared skeleton. One path per slot avoids that.
+    """
+    seen, out = set(), []
+    for path in spec.paths:
+        parent_path, _, name = path.rpartition(".")
+        slot = (id(s.skeleton.get_submodule(parent_path)), name)
+        if slot not in seen:
+            seen.add(slot)
+            out.append(path)
+    return out
 
 
 @contextlib.contextmanager

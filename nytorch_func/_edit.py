@@ -18,8 +18,9 @@ from ._config import ParamConfig
 from ._config_events import Configure, ConfigureBuffer, ConfigureBuffers
 from ._convert import Convert, converted_dtype
 from ._errors import ArgumentTypeError, NytorchFuncError, SchemaError
-from ._events import (NO_VALUES, AddBuffer, AddModule, AddModuleSharingBuffers, AddParam,
-                      DelBuffer, DelModule, DelParam, Event, Migration, SetNone)
+from ._events import (NO_VALUES, AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam,
+                      Event, Migration, SetNone)
+from ._sharing import AddModuleSharingBuffers
 from ._particle import Particle, expect_particle
 from ._containers import DelChild, is_indexed
 from ._schema import computable, make_skeleton, split_path, suggest

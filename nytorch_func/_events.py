@@ -22,7 +22,7 @@ from ._errors import SchemaError, frozen
 from ._schema import Schema, TensorSpec, computable, copy_path, split_path, suggest, to_meta
 
 __all__ = ["Event", "Migration", "AddParam", "DelParam", "AddBuffer", "DelBuffer", "AddModule",
-           "DelModule", "SetNone", "Batch", "Tie", "AddModuleSharingBuffers", "broadcast",
+           "DelModule", "SetNone", "broadcast",
            "recipient_copy", "drop_paths", "select_by_path", "module_paths_gone", "record",
            "NO_VALUES"]
 
@@ -396,124 +396,6 @@ class AddModule(Event):
     def describe(self) -> str:
         n = sum(s.is_param for s in self.specs)
         return f"add_module {self.path} ({type(self.skeleton).__name__}, {n} params)"
-
-
-@record
-class AddModuleSharingBuffers(AddModule):
-    """:class:`AddModule` whose buffers reach recipients by reference, as an added buffer does.
-
-    ``values`` holds snapshots of the parameters and the buffer tensors themselves: every
-    particle gets a clone of each parameter and the very buffer objects (nytorch's rule for an
-    added module, whose recipients get a shallow copy of it).
-    """
-
-    kind: ClassVar[str] = "add_module_sharing_buffers"
-
-    def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
-        for spec, value in zip(self.specs, self.values):
-            if spec.leaf:
-                key = f"{self.path}.{spec.key}"
-                own = m.own.get(key)
-                if own is not None:
-                    leaves[key] = own
-                elif spec.kind == "param":
-                    leaves[key] = recipient_copy(value, m.batch_shape, spec.requires_grad)
-                else:
-                    leaves[key] = broadcast(value, m.batch_shape, copy=False)
-        return leaves
-
-
-@record
-class Tie(Event):
-    """A second name for a parameter or submodule that already exists (weight tying).
-
-    Every particle keeps one tensor under both names (the spec gains a path, the skeleton holds
-    the same meta object twice); leaves do not change.
-    """
-
-    path: str
-    target: str
-    kind: ClassVar[str] = "tie"
-
-    def apply(self, schema: Schema) -> Schema:
-        spec = schema.by_path.get(self.target)
-        prefix = self.target + "."
-        if spec is not None:
-            if spec.kind != "param":
-                raise SchemaError(f"tie: {self.target!r} is a buffer; only parameters and "
-                                  "submodules are tied")
-            kind = "param"
-        else:
-            parent_path, name = split_path(self.target)
-            parent = schema.module_at(parent_path)
-            if parent is None or parent._modules.get(name) is None:
-                raise SchemaError(f"tie: no parameter or submodule at {self.target!r} in version "
-                                  f"{schema.version}")
-            if self.path.startswith(prefix):
-                raise SchemaError(f"tie: {self.path!r} would put {self.target!r} inside itself")
-            kind = "module"
-        parent_path, name, _ = _check_free(schema, self.path, "tie", kind)
-        skeleton, parent = copy_path(schema.skeleton, parent_path)
-        if kind == "param":
-            parent._parameters[name] = skeleton.get_parameter(self.target)
-            replace = {spec.key: dataclasses.replace(spec, paths=spec.paths + (self.path,))}
-        else:
-            parent._modules[name] = skeleton.get_submodule(self.target)
-            replace = {s.key: dataclasses.replace(s, paths=s.paths + tuple(
-                self.path + p[len(self.target):] for p in s.paths if p.startswith(prefix)))
-                for s in schema.specs if any(p.startswith(prefix) for p in s.paths)}
-        return schema.derive(skeleton=skeleton, replace=replace)
-
-    def selection(self, before: Schema, after: Schema) -> tuple[int, ...]:
-        return select_by_path(before, after)
-
-    def describe(self) -> str:
-        return f"tie {self.path} -> {self.target}"
-
-
-@record
-class Batch(Event):
-    """Several events as one version: all of them apply, or none (a replacement is one step).
-
-    ``apply`` validates every step against the schema the previous ones make before anything is
-    linked; ``migrate`` replays them in order (through the same intermediate versions, which it
-    makes again). The version number grows by one.
-    """
-
-    events: tuple[Event, ...]
-    kind: ClassVar[str] = "batch"
-
-    def _steps(self, schema: Schema) -> list[Schema]:
-        if not self.events or not all(isinstance(e, Event) for e in self.events):
-            raise SchemaError("batch: expected one or more events")
-        out = [schema]
-        for event in self.events:
-            out.append(event.apply(out[-1]))
-        return out
-
-    def apply(self, schema: Schema) -> Schema:
-        s = self._steps(schema)[-1]
-        return Schema(schema.species, schema.version + 1, s.skeleton, s.specs, s.shared,
-                      s.next_pid)
-
-    def selection(self, before: Schema, after: Schema) -> tuple[int, ...] | None:
-        steps = self._steps(before)
-        sel: tuple[int, ...] | None = None
-        for event, a, b in zip(self.events, steps, steps[1:]):
-            step = event.selection(a, b)
-            if step is None:
-                return None
-            sel = step if sel is None else tuple([sel[j] for j in step])
-        return sel
-
-    def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
-        steps = self._steps(m.before)
-        for event, a, b in zip(self.events, steps, steps[1:]):
-            leaves = event.migrate(leaves, m._replace(before=a, after=b))
-        return leaves
-
-    def describe(self) -> str:
-        return "; ".join(e.describe() for e in self.events)
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -13,7 +13,9 @@ from torch import nn
 import nytorch_func as nf
 from nytorch_func._bridge import new_species
 from nytorch_func._edit import commit, module_addition, param_addition
-from nytorch_func._events import Batch, DelModule, DelParam, Tie
+from nytorch_func._batch import Batch
+from nytorch_func._events import DelModule, DelParam
+from nytorch_func._sharing import Tie
 
 
 class _Net(nn.Module):

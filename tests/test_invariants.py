@@ -303,3 +303,27 @@ def test_compile_fullgraph_per_member_coefficients(op, tensor_first):
     want = call(pop, w)
     for k in ("weight", "bias"):
         assert torch.allclose(out[k], want[k]), k
+
+
+def test_a_submodule_under_two_names_leaves_the_skeleton_data_free():
+    class Aliased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l = nn.Linear(2, 2)
+            self.again = self.l
+
+        def forward(self, x):
+            return self.again(self.l(x))
+
+    m = Aliased()
+    p = nf.from_module(m)
+    others = [p.clone(), p.randn(generator=torch.Generator().manual_seed(0))]
+    x = torch.ones(3, 2)
+    first = nf.apply(p, x)
+    for q in others:
+        nf.apply(q, x)
+        nf.apply_with_state(q, x)
+    assert p.schema.skeleton.l.weight.is_meta and p.schema.skeleton.again.bias.is_meta
+    assert torch.equal(nf.apply(p, x), first) and torch.allclose(first, m(x))
+    pop = nf.population(p, 3)
+    assert torch.allclose(nf.vmap_apply(pop, x)[1], nf.apply(pop[1], x))

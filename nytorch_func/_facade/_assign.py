@@ -16,7 +16,8 @@ from torch import nn
 
 from .. import _edit
 from .._errors import SchemaError, VersionError
-from .._events import DelBuffer, DelModule, DelParam, SetNone, Tie
+from .._events import DelBuffer, DelModule, DelParam, SetNone
+from .._sharing import Tie
 from ._handle import BUILDING, LOCKED, TAGS, NytoModuleBase
 from ._sync import WHAT, commit_steps, current
 from ._write import refresh_flat

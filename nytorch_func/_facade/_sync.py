@@ -19,7 +19,9 @@ from .. import _edit
 from .._containers import DelChild, InsertModules, is_indexed
 from .._convert import Convert
 from .._errors import SchemaError
-from .._events import AddModule, Batch, DelBuffer, DelModule, DelParam, Event, SetNone, Tie
+from .._batch import Batch
+from .._events import AddModule, DelBuffer, DelModule, DelParam, Event, SetNone
+from .._sharing import Tie
 from .._particle import Particle
 from .._schema import Schema, computable, split_path
 from .._migrate import events_between
