@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from .._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
 from .._particle import Particle
+from .._reduce import combined, counter, reset_value
 from .._touch import touch
 from ._wire import agree, guarded, pack, require_group, unpack
 
@@ -219,10 +220,11 @@ class ShardedPopulation:
         return out
 
     def mean(self, weights: torch.Tensor | None = None) -> Particle:
-        """The (weighted) mean of all members' operational parameters, on every rank.
+        """The (weighted) mean of all members, on every rank, as ``nf.mean`` of the whole.
 
-        As :meth:`sum` divided by the total weight (the sum of all ranks' weights, carried in
-        the same ``all_reduce``).
+        Operational parameters and "mean" floating buffers: :meth:`sum` divided by the total
+        weight (the sum of all ranks' weights, carried in the same ``all_reduce``); integer
+        counters of policy "mean" take their maximum, "reset" buffers their reset value.
         """
         out, _ = self._reduce("ShardedPopulation.mean", weights, mean=True)
         return out
@@ -234,11 +236,15 @@ class ShardedPopulation:
         if weights is not None:
             weights = _fitness(weights, self.count, what)
         agree(s, what, self.group, _shape_check(self.total, self.world))
-        op = list(s.op_index)
-        tensors = [local._leaves[i] for i in op]
         leaves = list(local._leaves)
+        # a sum adds the operational parameters; a mean also averages the buffers nf.mean does
+        op = [i for i, (spec, t) in enumerate(zip(s.leaf_specs, leaves))
+              if (combined(spec, t) if mean else i in s.op_index)]
+        tensors = [leaves[i] for i in op]
         first = [t[0] if self.count else torch.zeros(t.shape[1:], dtype=t.dtype, device=t.device)
                  for t in leaves]
+        if mean:
+            _buffers_as_nf_mean(s, leaves, first, self.count, what, self.group)
         if not op:
             return Particle._make(s, tuple(first), local._training), float(self.total)
         bufs, layout = pack(tensors, lead=(self.count,))
@@ -308,8 +314,10 @@ def all_mean(p: Particle, weight: float | None = None, *, group: Any = None) -> 
 
     A model soup across ranks: operational parameters are averaged (weighted by each rank's
     ``weight``, default 1) with one ``all_reduce(SUM)`` per dtype, the total weight riding in
-    the same buffer; buffers and non-operational parameters stay this rank's own. ``p`` may be
-    one particle or a population (averaged member by member).
+    the same buffer. Buffers follow their policy as in ``nf.mean``: "mean" floating buffers
+    (BatchNorm statistics) are averaged too and integer counters take their maximum over the
+    ranks, "reset" ones get their reset value, "keep" ones and non-operational parameters stay
+    this rank's own. ``p`` may be one particle or a population (averaged member by member).
 
     >>> import torch, nytorch_func as nf, nytorch_func.distributed as nfd
     >>> _ = nfd.init()
@@ -326,10 +334,11 @@ def all_mean(p: Particle, weight: float | None = None, *, group: Any = None) -> 
     w = 1.0 if weight is None else float(weight)
     batch = tuple(p.batch_shape)
     agree(s, what, group, _shape_check(*batch))
-    op = list(s.op_index)
     leaves = list(p._leaves)
+    op = [i for i, (spec, t) in enumerate(zip(s.leaf_specs, leaves)) if combined(spec, t)]
+    _buffers_as_nf_mean(s, p._leaves, leaves, None, what, group)
     if not op:
-        return p
+        return Particle._make(s, tuple(leaves), p._training, batch)
     bufs, layout = pack([leaves[i] for i in op], lead=())
     bufs = [b * w for b in bufs]
     bufs[0] = torch.cat([bufs[0], bufs[0].new_tensor([w])])
@@ -343,6 +352,23 @@ def all_mean(p: Particle, weight: float | None = None, *, group: Any = None) -> 
     for i, t in zip(op, _with_grad(out, p, op)):
         leaves[i] = t
     return Particle._make(s, tuple(leaves), p._training)
+
+
+def _buffers_as_nf_mean(s: Any, leaves: list, out: list, count: int | None, what: str,
+                        group: Any) -> None:
+    """Into ``out``: integer counters of policy "mean" as their maximum over every rank (and
+    over this rank's ``count`` members, if given), "reset" buffers as their reset value."""
+    for i, (spec, t) in enumerate(zip(s.leaf_specs, leaves)):
+        if counter(spec, t):
+            local = t if count is None else (t.amax(0) if count else torch.full(
+                t.shape[1:], torch.iinfo(t.dtype).min, dtype=t.dtype, device=t.device))
+            local = local.contiguous().clone()
+            guarded(what, "all_reduce", dist.all_reduce, [local], local,
+                    op=dist.ReduceOp.MAX, group=group)
+            out[i] = local
+        elif spec.kind == "buffer" and spec.policy == "reset":
+            out[i] = reset_value(spec, tuple(t.shape[: t.dim() - len(spec.shape)])
+                                 if count is None else (), what)
 
 
 def broadcast(p: Particle, src: int = 0, *, group: Any = None) -> Particle:

@@ -158,6 +158,22 @@ def step(rank: int, world: int) -> None:
     check(torch.equal(soup["3.bias"], mine["3.bias"]), "all_mean keeps non-operational leaves")
     got = nfd.broadcast(base * float(rank), src=world - 1)
     check(torch.equal(got["0.weight"], (base * float(world - 1))["0.weight"]), "broadcast")
+    # buffers follow nf.mean: BatchNorm statistics averaged, the counter's maximum taken
+    stats = nf.stack([nf.apply_with_state(nf.apply_with_state(m.train(), data * (i + 1))[1],
+                                          data)[1] if i % 2 else
+                      nf.apply_with_state(m.train(), data * (i + 1))[1]
+                      for i, m in enumerate(x_full)])
+    whole, part = nf.mean(stats), nfd.shard(stats).mean()
+    for key in whole.schema.leaf_keys:
+        check(torch.allclose(part[key].double(), whole[key].double(), atol=1e-6),
+              f"ShardedPopulation.mean {key} as nf.mean")
+    check(int(part["1.num_batches_tracked"]) == 2, "counter: the maximum")
+    own = nf.apply_with_state(base.train(), data * (rank + 1))[1]
+    soup = nfd.all_mean(own)
+    means = [nf.apply_with_state(base.train(), data * (r + 1))[1]["1.running_mean"]
+             for r in range(world)]
+    check(torch.allclose(soup["1.running_mean"], torch.stack(means).mean(0), atol=1e-6),
+          "all_mean averages the BatchNorm statistics")
     report("step", ok=True, bytes_gather=traffic.bytes)
 
 
