@@ -621,3 +621,27 @@ def test_growth_replicates_across_two_gloo_ranks():
     for r in (0, 1):
         assert results[r]["version"] == 5 and results[r]["preserved"] <= 1e-12, results[r]
     assert results[0]["crc"] == results[1]["crc"]  # the same grown tensors on both ranks
+
+
+# the bench row ----------------------------------------------------------------------------------
+
+def test_bench_grow_row_times_the_same_operation_on_both_sides():
+    import nytorch_func.bench as bench
+    from nytorch_func.bench._growth_cases import GrowMLP, hand_widen
+
+    torch.manual_seed(17)
+    pop = nf.population(GrowMLP((6, 8, 3)), 4, generator=gen()).detach()
+    opt = Adam(lr=1e-3)
+    state = opt.init(pop)
+    pop, state = opt.step(pop, pop.randn(generator=gen(1)), state)
+    pop = pop.detach()
+    ours = nf.widen(pop, "l0", "l1", 5, generator=gen(2))
+    carried = nf.touch_tree(state, fill="zeros")
+    as_dict = lambda q: dict(zip(q.schema.leaf_keys, q.leaves))  # noqa: E731
+    params, m, v = hand_widen(as_dict(pop), as_dict(state.m), as_dict(state.v), 5, gen(2))
+    for k in ours.schema.leaf_keys:  # the same random choice, the same numbers
+        assert torch.allclose(ours[k], params[k], rtol=1e-6, atol=0), k
+        assert torch.equal(carried.m[k], m[k]) and torch.equal(carried.v[k], v[k]), k
+    report = bench.run(only=["grow"], repeats=1, min_time=1e-4)
+    (row,) = report["rows"]
+    assert row["id"] == "grow" and row["target"] == "<= 1.5x" and row["ratio"] > 0
