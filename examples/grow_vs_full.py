@@ -67,7 +67,8 @@ def train(schedule: list[tuple[int, int]], *, seed: int, target: float, batch: i
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     width = schedule[0][1]
-    p = nf.from_module(nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))).detach()
+    net = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+    p = nf.from_module(net).detach()
     opt = Adam(lr=lr)
     state = opt.init(p)
     step_fn = nf.value_and_grad(lambda q, xb, yb: nn.functional.cross_entropy(nf.apply(q, xb), yb))

@@ -1,4 +1,4 @@
-"""The README demo: a population trained by gradients and mixed like a particle swarm, widened mid-run.
+"""The README demo: a population trained by gradients, mixed like a swarm and widened mid-run.
 
 ``python -m nytorch_func.demo`` trains a population of small MLPs on scikit-learn's bundled digits
 data (no download). Every step is one vectorised Adam step for all members
