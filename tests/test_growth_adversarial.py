@@ -645,3 +645,18 @@ def test_bench_grow_row_times_the_same_operation_on_both_sides():
     report = bench.run(only=["grow"], repeats=1, min_time=1e-4)
     (row,) = report["rows"]
     assert row["id"] == "grow" and row["target"] == "<= 1.5x" and row["ratio"] > 0
+
+
+def test_grow_vs_full_example_runs_and_preserves_the_function():
+    pytest.importorskip("sklearn")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "grow_vs_full.py"), "--seeds", "1", "--final",
+         "16", "--grow-at", "1", "2", "--target", "0.5", "--max-steps", "200",
+         "--check-every", "5", "--method", "net2net"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines()}
+    assert {"full", "grown", "narrow"} <= set(lines), proc.stdout
+    assert "reached 1/1" in lines["grown"]
+    change = float(lines["grown"].rsplit(" ", 1)[1])
+    assert 0 < change < 1e-5  # both widenings happened and kept the function
