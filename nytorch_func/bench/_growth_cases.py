@@ -32,7 +32,7 @@ Built = tuple[list[Case], dict[str, str]]
 GROW_SIZES = (64, 256, 10)
 GROW_BY = 64
 GROW_MEMBERS = 64
-GROW_REPEAT = 4  # widenings per sample (separate stacks), to lift a sample above timer noise
+GROW_REPEAT = 8  # widenings per sample (separate stacks), to lift a sample above timer noise
 
 
 def hand_widen(params: dict[str, torch.Tensor], m: dict[str, torch.Tensor],
