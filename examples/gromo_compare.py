@@ -86,7 +86,8 @@ def as_particle(model, opt) -> tuple[nf.Particle, AdamState]:
     names = {"0.weight": l0.weight, "0.bias": l0.bias, "2.weight": l1.weight, "2.bias": l1.bias}
     m = like(p, {k: opt.state[t]["exp_avg"] for k, t in names.items()})
     v = like(p, {k: opt.state[t]["exp_avg_sq"] for k, t in names.items()})
-    step = opt.state[l0.weight]["step"].clone()
+    ids = nf.param_ids(p)
+    step = {ids[k]: int(opt.state[t]["step"]) for k, t in names.items()}
     return p, AdamState(step, m, v)
 
 

@@ -144,7 +144,8 @@ def plot(result: Result, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> Result:
-    ap = argparse.ArgumentParser(prog="python -m nytorch_func.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m nytorch_func.demo",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--members", type=int, default=16)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)

@@ -216,7 +216,7 @@ def test_half_precision_growth_keeps_dtypes_and_the_function_within_the_dtype(dt
     state = opt.init(pop)
     x = torch.randn(8, 4).to(dtype)
     g = outputs(pop, x)
-    state = AdamState(state.step + 1, pop.randn(generator=gen(1)), pop.rand(generator=gen(2)))
+    state = state._replace(m=pop.randn(generator=gen(1)), v=pop.rand(generator=gen(2)))
     wide = nf.widen(pop, "0", "2", 9, method=method, generator=gen())  # counts up to 4: 1/3 etc.
     for spec, leaf in zip(wide.schema.leaf_specs, wide.leaves):
         assert leaf.dtype == spec.dtype == dtype and leaf.shape[1:] == spec.shape
@@ -229,8 +229,9 @@ def test_half_precision_growth_keeps_dtypes_and_the_function_within_the_dtype(dt
         assert torch.equal(new["0.weight"][:, :6], old["0.weight"])
         assert torch.equal(new["2.weight"][:, :, :6], old["2.weight"])
         assert not new["0.weight"][:, 6:].any() and not new["2.weight"][:, :, 6:].any()
+    assert carried.step == state.step  # per-parameter step counts kept
     wide, carried = opt.step(wide, wide.randn(generator=gen(3)), carried)  # training goes on
-    assert wide["0.weight"].dtype == dtype and int(carried.step) == 2
+    assert wide["0.weight"].dtype == dtype and set(carried.step.values()) == {1}
 
 
 def test_float64_net2net_is_exact_to_1e12_with_odd_replication_counts():
@@ -353,7 +354,8 @@ def test_zeros_fill_under_groupnorm_keeps_interleaved_origins():
     torch.manual_seed(11)
     net = nn.Sequential(nn.Conv1d(2, 4, 1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv1d(4, 1, 1))
     p = nf.from_module(net.to(D))
-    state = AdamState(torch.ones(()), p.randn(generator=gen()), p.rand(generator=gen(1)))
+    state = AdamState(dict.fromkeys(nf.param_ids(p).values(), 1), p.randn(generator=gen()),
+                      p.rand(generator=gen(1)))
     wide = nf.widen(p, "0", "3", 4, between="1")
     carried = nf.touch_tree(state, fill="zeros")
     # groups of 2 units become groups of 4: the old units are the first two of each group
