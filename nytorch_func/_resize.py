@@ -43,6 +43,8 @@ def resize_tensor(t: torch.Tensor, dims: tuple, fill: torch.Tensor | None, n_bat
     A callable ``mode(value, spec)`` is given the snapshot result and supplies the non-origin
     coordinates.
     """
+    if mode == "zeros" and len(dims) == 1:
+        return _origins_and_zeros(t, dims[0], n_batch)
     out = t
     origin_mask = None
     fed_mask = None
@@ -68,6 +70,26 @@ def resize_tensor(t: torch.Tensor, dims: tuple, fill: torch.Tensor | None, n_bat
         return torch.where(origin_mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
     other = mode(resize_tensor(t, dims, fill, n_batch), spec)
     return torch.where(origin_mask, out, other)
+
+
+def _origins_and_zeros(t: torch.Tensor, dim_map: DimMap, n_batch: int) -> torch.Tensor:
+    """``resize_tensor(mode="zeros")`` for one resized dim, without gathering the coordinates
+    it then zeroes: zeros with the origin coordinates copied in (a ``cat`` when they are the
+    old coordinates in order, first, as widening makes them)."""
+    dim, index, _, origin = dim_map
+    d = dim + n_batch
+    keep = origin.nonzero().squeeze(1)
+    src = index.index_select(0, keep).clamp(min=0)
+    k = len(keep)
+    if k == t.shape[d] and bool((src == torch.arange(k)).all()) and (
+            k == len(index) or bool((keep == torch.arange(k)).all())):
+        shape = list(t.shape)
+        shape[d] = len(index) - k
+        return torch.cat([t, t.new_zeros(shape)], d)
+    shape = list(t.shape)
+    shape[d] = len(index)
+    out = t.new_zeros(shape)
+    return out.index_copy_(d, keep.to(t.device), t.index_select(d, src.to(t.device)))
 
 
 @record

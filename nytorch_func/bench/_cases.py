@@ -20,6 +20,7 @@ from torch import nn
 import nytorch_func as nf
 
 from ._facade_cases import facade_rows
+from ._growth_cases import growth_rows
 from ._harness import Case, Side, Target
 from ._io_cases import io_rows
 from ._merge_cases import merge_rows
@@ -486,6 +487,7 @@ BUILDERS: dict[str, Callable[[], Built]] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "touch": touch_rows, "event": event_rows,
     "io": io_rows, "P7": p7,
     "merge": merge_rows, "init": init_rows, "adam": adam_rows, "facade": facade_rows,
+    "grow": growth_rows,
 }
 GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7", "merge", "init",
-          "adam", "facade")
+          "adam", "facade", "grow")
