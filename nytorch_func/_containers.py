@@ -83,6 +83,7 @@ class InsertModules(Event):
     skeletons: tuple[nn.Module, ...]  # the inserted modules on the meta device
     specs: tuple[tuple[TensorSpec, ...], ...]  # per module: relative paths, pids from 0
     values: tuple[tuple[torch.Tensor, ...], ...]  # per module: snapshots in specs order
+    label: str = ""  # what made it, for nf.history (e.g. "deepen 1")
     kind: ClassVar[str] = "insert_module"
 
     def apply(self, schema: Schema) -> Schema:
@@ -152,8 +153,10 @@ class InsertModules(Event):
     def describe(self) -> str:
         names = ", ".join(type(s).__name__ for s in self.skeletons)
         n = sum(s.is_param for specs in self.specs for s in specs)
-        return (f"insert_module {self.container or '<root>'}[{self.index}] ({names}, "
-                f"{n} params)")
+        where = f"{self.container or '<root>'}[{self.index}]"
+        if self.label:
+            return f"{self.label}: {names} at {where} ({n} params)"
+        return f"insert_module {where} ({names}, {n} params)"
 
 
 def _old_key(before: Schema, key: str, container: str, start: int, shift: int) -> str:

@@ -307,8 +307,8 @@ def insert_module(p: Particle, container: str, index: int,
     return commit(p, lambda q: _insert(q, container, index, modules), "insert_module")
 
 
-def _insert(q: Particle, container: str, index: int,
-            modules: tuple[nn.Module, ...]) -> tuple[Event, dict]:
+def _insert(q: Particle, container: str, index: int, modules: tuple[nn.Module, ...],
+            label: str = "") -> tuple[Event, dict]:
     parent = container_at(q._schema, container, "insert_module")
     n = len(parent._modules)
     if index < 0:
@@ -325,7 +325,7 @@ def _insert(q: Particle, container: str, index: int,
         specs.append(s)
         values.append(snapshots)
         own.update((f"{where}.{spec.key}", t) for spec, t in zip(s, v))
-    event = InsertModules(container, index, tuple(skeletons), tuple(specs), tuple(values))
+    event = InsertModules(container, index, tuple(skeletons), tuple(specs), tuple(values), label)
     return event, own
 
 
@@ -396,7 +396,7 @@ def deepen(p: Particle, after: str, *, activation: "nn.Module | type | None" = N
         if activation is not None:
             _check_activation(parent._modules[name], activation, after)
             modules.append(activation)
-        return _insert(q, container, at + 1, tuple(modules))
+        return _insert(q, container, at + 1, tuple(modules), f"deepen {after}")
 
     return commit(p, build, "deepen")
 

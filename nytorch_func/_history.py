@@ -71,8 +71,12 @@ def diff(a: Schema, b: Schema) -> str:
         changes = []
         if before.paths != spec.paths:
             changes.append(f"paths {list(before.paths)} -> {list(spec.paths)}")
-        if before.shape != spec.shape or before.dtype != spec.dtype:
-            changes.append(f"{before.describe()} -> {spec.describe()}")
+        if before.shape != spec.shape:
+            changes.append(f"shape {_dims(before.shape)} -> {_dims(spec.shape)}")
+        if before.dtype != spec.dtype:
+            changes.append(f"dtype {_name(before.dtype)} -> {_name(spec.dtype)}")
+        if before.device != spec.device:
+            changes.append(f"device {before.device} -> {spec.device}")
         if before.config != spec.config:
             changes.append(f"{before.config} -> {spec.config}")
         if before.state != spec.state:
@@ -84,3 +88,11 @@ def diff(a: Schema, b: Schema) -> str:
 
 def _ident(spec) -> tuple:
     return ("param", spec.pid) if spec.kind == "param" else ("buffer", spec.paths[0])
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _name(dtype: object) -> str:
+    return str(dtype).replace("torch.", "")

@@ -15,7 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._batch import Batch
+from .._migrate import events_between
 from .._particle import Particle
+from .._resize import Resize
+from .._schema import Schema
 from ._handle import BUILDING, TAGS, NytoModuleBase, ParticleHandle, tag_tree
 from ._plan import DEFERRED, Plan, as_param, materialize
 
@@ -93,8 +97,33 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
                 child = w.done[id(sk)] = from_skeleton(sk, path + ".", objs, w.memo)
                 tag_tree(child, h, path)
             modules[name] = child
+        _resized_attributes(w, h.schema, s)
     h.schema = s
     h.plan = Plan.of(root, s)
+
+
+def _resized_attributes(w: _Write, old: Schema, new: Schema) -> None:
+    """Copy the module attributes growth events record (``out_features``, ``num_features``,
+    ``normalized_shape``, ...) from the new version's skeleton into the tree's modules."""
+    if old is new or old.species is not new.species or old.version >= new.version:
+        return
+    names = {attr for event in _flat(events_between(old, new)) if isinstance(event, Resize)
+             for _, attr, _ in event.attrs}
+    if not names:
+        return
+    for sk in new.skeleton.modules():
+        m = w.done.get(id(sk))
+        if m is not None:
+            for name in names & sk.__dict__.keys():
+                m.__dict__[name] = sk.__dict__[name]
+
+
+def _flat(events: list) -> list:
+    """``events`` with the steps of every Batch in place of the batch."""
+    out = []
+    for e in events:
+        out.extend(_flat(list(e.events)) if isinstance(e, Batch) else [e])
+    return out
 
 
 class _Write:
