@@ -86,7 +86,8 @@ def test_untouched_leaves_keep_their_objects(data):
     for key, leaf in zip(r.schema.leaf_keys, r.leaves):
         spec = r.schema.by_key[key]
         # a leaf that stayed a leaf under the same key in every version was never re-created
-        if all(key in v.leaf_index and v.by_key[key].pid == spec.pid for v in versions):
+        if all(key in v.leaf_index and v.by_key[key].pid == spec.pid and
+               v.by_key[key].dtype == spec.dtype for v in versions):
             assert t[key] is leaf, f"{key!r} was copied although no event touched it"
 
 
@@ -222,6 +223,13 @@ def test_initiator_and_recipient_semantics(kind, data):
                 assert q[spec.key] is r2[spec.key]
     elif kind == "configure_buffer":
         assert r2.schema.spec(path).policy == edit.options["policy"]
+    elif kind == "to":
+        dtype = edit.options["dtype"]
+        for x in (q, r2, pop2):
+            for spec, leaf in zip(x.schema.leaf_specs, x.leaves):
+                assert leaf.dtype == spec.dtype
+                assert spec.dtype == dtype or not (spec.dtype.is_floating_point or
+                                                   spec.dtype.is_complex)
 
 
 @given(st.data())
