@@ -88,18 +88,21 @@ class Edit:
         """Python lines replaying this edit on the particle named ``before``; ``after`` names
         the particle after each of :meth:`steps` (one name, or two for ``replace_module``)."""
         if self.kind == "replace_module":
-            block = self._value_code(before)
-            return [f"block = {block}",
+            return [f"block = {self._value_code(before)}",
                     f"{after[0]} = nf.del_module({before}, {self.path!r})",
                     f"{after[1]} = nf.add_module({after[0]}, {self.path!r}, block)"]
-        args = [before] + ([] if self.path is NO_VALUE else [repr(self.path)])
+        lines, args = [], [before] + ([] if self.path is NO_VALUE else [repr(self.path)])
         if self.value is not NO_VALUE:
-            args.append(self._value_code(before))
+            value = self._value_code(before)
+            if value.startswith("..."):  # not printable: name it on a line of its own
+                lines.append(f"value = {value}")
+                value = "value"
+            args.append(value)
         args += [f"{k}={code_value(v)}" for k, v in self.kwargs]
         call = f"nf.{self.kind}({', '.join(args)})"
         if self.invalid:
-            return [f"{call}  # must raise nf.NytorchFuncError and change nothing"]
-        return [f"{after[0]} = {call}"]
+            return lines + [f"{call}  # must raise nf.NytorchFuncError and change nothing"]
+        return lines + [f"{after[0]} = {call}"]
 
     def _value_code(self, before: str) -> str:
         if self.code is not None:
@@ -118,8 +121,10 @@ def code_value(value: Any) -> str:
             base = f"torch.zeros({tuple(value.shape)!r}, dtype={value.dtype!r})"
             return f"nn.Parameter({base})" if isinstance(value, nn.Parameter) else base
         return f"...  # {short(value)}: not replayable as code"
-    if isinstance(value, nn.Module) and not list(value.children()) and repr(value).find("(") > 0:
-        return "nn." + " ".join(repr(value).split())
+    if isinstance(value, nn.Module):
+        if not list(value.children()) and type(value).__module__.startswith("torch.nn"):
+            return "nn." + " ".join(repr(value).split())
+        return f"...  # {short(value)}: not printable as code"
     return repr(value)
 
 

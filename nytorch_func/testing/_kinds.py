@@ -20,7 +20,7 @@ from torch import nn
 
 import nytorch_func as nf
 
-from ._edit import Edit
+from ._edit import Edit, code_value
 from ._particles import fresh_like, seeded_buffer, seeded_param, seeds
 from ._recipes import build_module, join, recipe_code, recipes, small
 from ._view import View, pretty
@@ -95,7 +95,7 @@ def _draw_add_buffer(draw: DrawFn, view: View, targets: Sequence[Any]) -> Edit:
 def _drawn_module(draw: DrawFn, view: View) -> tuple[nn.Module, str]:
     if view.new_modules is not None:
         module = draw(view.new_modules)
-        return module, pretty(module)
+        return module, pretty(module) or code_value(module)
     recipe = draw(recipes(1, True, True, False))
     return build_module(recipe), recipe_code(recipe)
 
@@ -180,7 +180,7 @@ def _draw_replace(draw: DrawFn, view: View, targets: Sequence[Any]) -> Edit:
         same = [m for m in targets if type(view.schema.module_at(m)) is type(module)]
         if same:
             path = draw(st.sampled_from(same))
-            edit = Edit("replace_module", path, module, code=pretty(module))
+            edit = Edit("replace_module", path, module, code=pretty(module) or code_value(module))
             if view.runs(edit):
                 return edit
     path = draw(st.sampled_from(targets))

@@ -15,6 +15,7 @@ import nytorch_func as nf
 
 from ._events import draw_edit
 from ._kinds import EVENT_KINDS, FORWARD_KINDS, resolve_kinds
+from ._laws import module_classes
 from ._particles import assert_leaves_match_schema, particles, random_particle, seeds
 from ._recipes import modules as random_modules
 from ._reference import OPS, UNARY, Reference
@@ -139,7 +140,7 @@ def stateful_machine(make_model: Callable[[], nn.Module] | None = None,
             with tempfile.TemporaryDirectory() as d:
                 path = os.path.join(d, "state.safetensors")
                 nf.save(path, saved)
-                back = nf.load(path)
+                back = nf.load(path, classes=module_classes([p for p, _ in self.handles]))
             for (p, m), q in zip(self.handles, back["handles"]):
                 assert q.version == p.version, "a loaded handle is at another version"
                 m.check(q)

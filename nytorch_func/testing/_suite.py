@@ -96,8 +96,8 @@ def _report(make_model: Any, failures: list[tuple[str, Case, BaseException]], no
     model, note = _model_code(make_model)
     out = [f"{len(failures)} migration law(s) broken for {model}:"]
     for law, case, err in failures:
-        doc = (LAWS[law].__doc__ or "").strip().splitlines()[0] if law in LAWS else \
-            "every drawn event applies to the model"
+        doc = " ".join((LAWS[law].__doc__ or "").split("\n\n")[0].split()) if law in LAWS \
+            else "Every drawn event applies to the model."
         n = len(case.chain)
         out += ["", f"law {law!r}: {doc}",
                 f"  shrunk to {n} event{'s' * (n != 1)}:"]

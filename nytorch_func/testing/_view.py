@@ -55,24 +55,48 @@ class Forward:
     def __init__(self, example_input: Any) -> None:
         self.args = example_input if isinstance(example_input, tuple) else (example_input,)
         self._runs: dict[tuple, bool] = {}
+        self._dtype_of: dict[tuple, torch.dtype] = {}
 
-    def inputs_for(self, schema: nf.Schema) -> tuple:
-        """The example input with floating-point tensors cast to the model's dtype: the one
-        most of its floating-point values have (events may add tensors of other dtypes)."""
+    def _dtypes(self, schema: nf.Schema) -> list[torch.dtype | None]:
+        """Floating-point dtypes of the model, most values first (events may add tensors of
+        other dtypes after an ``nf.to``); ``None``: leave the input as it is."""
         weight: dict[torch.dtype, int] = {}
         for s in schema.specs:
             if s.dtype.is_floating_point:
                 weight[s.dtype] = weight.get(s.dtype, 0) + max(1, math.prod(s.shape))
-        if not weight:
+        return sorted(weight, key=weight.__getitem__, reverse=True) or [None]
+
+    def _cast(self, dtype: torch.dtype | None) -> tuple:
+        if dtype is None:
             return self.args
-        dtype = max(weight, key=weight.__getitem__)
         return optree.tree_map(
             lambda x: x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x,
             self.args, none_is_leaf=True)
 
+    def inputs_for(self, schema: nf.Schema) -> tuple:
+        """The example input with floating-point tensors cast to the model's dtype (the one
+        a forward pass of this structure last ran with, else the one most values have)."""
+        dtype = self._dtype_of.get(signature(schema))
+        return self._cast(dtype if dtype is not None else self._dtypes(schema)[0])
+
     def run(self, p: nf.Particle) -> Any:
-        """``nf.apply(p, *example_input)``, the input cast to ``p``'s dtype."""
-        return nf.apply(p, *self.inputs_for(p.schema))
+        """``nf.apply(p, *example_input)``, the input cast to ``p``'s dtype: each floating
+        dtype of the model is tried, most common first, and the first that runs is kept."""
+        key = signature(p.schema)
+        known = self._dtype_of.get(key)
+        if known is not None:
+            return nf.apply(p, *self._cast(known))
+        first: Exception | None = None
+        for dtype in self._dtypes(p.schema):
+            try:
+                out = nf.apply(p, *self._cast(dtype))
+            except Exception as err:  # noqa: BLE001 - try the next dtype, raise the first error
+                first = first or err
+                continue
+            if dtype is not None:
+                self._dtype_of[key] = dtype
+            return out
+        raise first  # type: ignore[misc]
 
     def runs_after(self, p: nf.Particle, edit: Edit) -> bool:
         """Whether the forward pass works on ``p``'s structure after ``edit`` (``p`` untouched)."""
@@ -165,17 +189,21 @@ def view_of(target: Any, allow_shared: bool | None, what: str, **fields: Any) ->
                 **fields)
 
 
-def pretty(value: Any) -> str:
-    """``value`` as hypothesis prints it in a falsifying example (``MyBlock(4)`` for a module
-    drawn from ``st.builds(MyBlock, ...)``), or its repr outside a test."""
+def pretty(value: Any) -> str | None:
+    """The call that built ``value`` as hypothesis prints it in a falsifying example
+    (``MyBlock(4)`` for a module drawn from ``st.builds(MyBlock, ...)``); ``None`` when
+    hypothesis does not know one (the value is then not printable as code)."""
     try:
         from hypothesis.control import current_build_context
-        from hypothesis.vendor.pretty import RepresentationPrinter
+        from hypothesis.vendor.pretty import IDKey, RepresentationPrinter
 
+        context = current_build_context()
+        if not context.known_object_printers.get(IDKey(value)):
+            return None
         out = io.StringIO()
-        printer = RepresentationPrinter(out, context=current_build_context())
+        printer = RepresentationPrinter(out, context=context)
         printer.pretty(value)
         printer.flush()
         return " ".join(out.getvalue().split())
     except Exception:  # noqa: BLE001 - outside a hypothesis test, or another hypothesis
-        return " ".join(repr(value).split())
+        return None
