@@ -13,7 +13,7 @@ from hypothesis import Phase, given, settings, strategies as st
 
 import nytorch_func as nf
 import nytorch_func.testing as nft
-from nytorch_func.testing._laws import _same_particle
+from nytorch_func.testing._run import same_particle
 
 from _model import apply_chain
 
@@ -27,8 +27,8 @@ def _round_trip(tmp_path, tree):
 def _check(tmp_path, saved):
     back = _round_trip(tmp_path, saved)
     for name, x in saved.items():
-        _same_particle(x, back[name], f"loaded {name!r}")
-        _same_particle(nf.touch(x), nf.touch(back[name]), f"touched {name!r}")
+        same_particle(x, back[name], f"loaded {name!r}")
+        same_particle(nf.touch(x), nf.touch(back[name]), f"touched {name!r}")
     assert len({id(x.species) for x in back.values()}) == 1
 
 

@@ -153,7 +153,8 @@ def _make_feasible(p: nf.Particle, kind: str) -> nf.Particle:
     s = p.schema
     if kind in ("del_buffer", "configure_buffer") and not s.buffers:
         p = nf.add_buffer(p, "nft_buf", torch.zeros(2))
-    if kind in ("del_param", "configure", "set_none") and not s.params:
+    if kind in ("del_param", "configure", "set_none") and not s.params or (
+            kind == "to" and not any(spec.dtype.is_floating_point for spec in s.specs)):
         p = nf.add_param(p, "nft_param", torch.nn.Parameter(torch.zeros(2)))
     if kind == "del_module" and not [m for m in s.module_paths() if m]:
         p = nf.add_module(p, "nft_sub", torch.nn.Linear(1, 1))

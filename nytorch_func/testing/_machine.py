@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hypothesis.strategies as st
+import torch
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from torch import nn
 
@@ -15,7 +16,7 @@ import nytorch_func as nf
 
 from ._events import draw_edit
 from ._kinds import EVENT_KINDS, FORWARD_KINDS, resolve_kinds
-from ._laws import module_classes
+from ._run import module_classes
 from ._particles import assert_leaves_match_schema, particles, random_particle, seeds
 from ._recipes import modules as random_modules
 from ._reference import OPS, UNARY, Reference
@@ -119,6 +120,14 @@ def stateful_machine(make_model: Callable[[], nn.Module] | None = None,
             a, ma = self.handles[i % len(self.handles)]
             self.handles.append((UNARY[op](a), ma.unary(op)))
             self.handles.append((a * s, ma.binary("*", s)))
+
+        @rule(i=_any, low=st.sampled_from([0.0, -1.0, 0.5]))
+        @precondition(lambda self: self.pops)
+        def scale_members(self, i: int, low: float) -> None:
+            """A population times per-member float64 coefficients: each leaf keeps its dtype."""
+            pop, models = self.pops[i % len(self.pops)]
+            w = torch.linspace(low, 1.5, len(models), dtype=torch.float64)
+            self.pops.append((pop * w, [m.binary("*", float(c)) for m, c in zip(models, w)]))
 
         @rule(i=_any)
         def touch(self, i: int) -> None:

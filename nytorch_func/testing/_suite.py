@@ -20,7 +20,8 @@ from ._edit import Edit
 from ._events import draw_chain
 from ._invalid import draw_invalid
 from ._kinds import FORWARD_KINDS, resolve_kinds
-from ._laws import LAWS, Run, shows
+from ._laws import LAWS
+from ._run import Run
 from ._particles import seeds
 from ._view import Forward, View, zeros_at
 
