@@ -18,6 +18,7 @@ from ._config import ParamConfig
 from ._edit import (add_buffer, add_module, add_param, configure, configure_buffer, del_buffer,
                     del_module, del_param, set_none, to)
 from ._func import grad, value_and_grad
+from ._grow import deepen, insert_module, widen
 from ._history import diff, history
 from ._io import load, save
 from ._errors import (ArgumentTypeError, CheckpointError, FrozenError, NytorchFuncError,
@@ -43,7 +44,7 @@ __all__ = [
     "lerp", "randn_like", "rand_like", "zeros_like", "full_like", "map_params",
     "configure", "configure_buffer", "add_param", "del_param", "add_buffer", "del_buffer", "add_module",
     "del_module", "set_none", "to", "touch", "touch_tree", "history", "diff", "param_ids",
-    "grad", "value_and_grad",
+    "grad", "value_and_grad", "widen", "deepen", "insert_module",
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
     "mean", "take", "topk", "where",
     "save", "load",

@@ -26,7 +26,7 @@ from ._kernels import (fe_abs, fe_add, fe_div, fe_lerp, fe_mul, fe_neg, fe_pow, 
                        fe_sub, transforms_active)
 from ._migrate import migrate
 
-__all__ = ["at_head", "align", "align_all", "binary", "unary", "broadcast_batch",
+__all__ = ["at_head", "align", "align_all", "binary", "unary", "torch_function", "broadcast_batch",
            "expand_carried", "lift1", "lift2", "lift2_mixed", "coefficient", "fill",
            "check_generator", "fe_lerp"]
 
@@ -309,6 +309,47 @@ def binary(name: str) -> tuple[Callable, Callable]:
     forward.__doc__ = f"``p {label} q`` over the operational parameters (q: particle or number)."
     reverse.__doc__ = f"``x {label} p`` over the operational parameters (x: a number)."
     return forward, reverse
+
+
+def _tensor_operators() -> tuple[tuple[Callable, str, bool], ...]:
+    """``(function, operator, reflected)`` for every form torch routes a tensor operator through.
+
+    ``reflected``: the function computes ``args[1] op args[0]`` (``Tensor.__rsub__``).
+    """
+    base = torch._C.TensorBase
+    out = []
+    for op, method in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"),
+                       ("pow", "pow")):
+        for fn in (getattr(torch.Tensor, f"__{op}__"), getattr(base, f"__{op}__", None),
+                   getattr(base, method), getattr(torch, method)):
+            if fn is not None:
+                out.append((fn, op, False))
+        for fn in (getattr(torch.Tensor, f"__r{op}__", None), getattr(base, f"__r{op}__", None)):
+            if fn is not None:
+                out.append((fn, op, True))
+    return tuple(out)
+
+
+_TENSOR_OPERATORS = _tensor_operators()
+
+
+def torch_function(cls: type, func: Callable, types: Any, args: tuple = (),
+                   kwargs: dict | None = None) -> Any:
+    """``Particle.__torch_function__``: a tensor operator met a particle; run the particle's.
+
+    ``tensor * p`` reaches here in eager mode, and under ``torch.compile`` dynamo routes every
+    operator with a tensor operand (``p * w`` with per-member coefficients ``w`` included)
+    through it, so those trace into one graph. The lookup is identity comparisons over a tuple
+    of constants, which dynamo folds. Every other torch function refuses particles.
+    """
+    if not kwargs and len(args) == 2:
+        for fn, op, reflected in _TENSOR_OPERATORS:
+            if func is fn:
+                x, y = (args[1], args[0]) if reflected else args
+                if isinstance(x, cls):
+                    return getattr(x, f"__{op}__")(y)
+                return getattr(y, f"__r{op}__")(x)
+    return NotImplemented
 
 
 def _rsub(s, xs):

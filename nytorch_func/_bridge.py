@@ -20,10 +20,12 @@ from ._species import Species
 __all__ = ["from_module", "to_module", "apply", "apply_with_state", "collect"]
 
 
-def collect(module: nn.Module) -> tuple[list[TensorSpec], list[torch.Tensor]]:
+def collect(module: nn.Module, what: str = "from_module"
+            ) -> tuple[list[TensorSpec], list[torch.Tensor]]:
     """Specs (paths relative to ``module``, pids from 0) and tensors of every param and buffer.
 
     A tensor object reachable from several paths (tied weights) is one spec with several paths.
+    Lazy modules (``nn.LazyLinear``) must have run once: their shapes are not known before.
     """
     order: list[int] = []
     paths: dict[int, list[str]] = {}
@@ -32,6 +34,12 @@ def collect(module: nn.Module) -> tuple[list[TensorSpec], list[torch.Tensor]]:
     for kind, items in (("param", module.named_parameters(remove_duplicate=False)),
                         ("buffer", module.named_buffers(remove_duplicate=False))):
         for path, t in items:
+            if isinstance(t, nn.parameter.UninitializedTensorMixin):
+                raise SchemaError(
+                    f"{what}: {path!r} of {type(module).__name__} is not initialised yet (a lazy "
+                    "module such as nn.LazyLinear learns its shapes in its first forward pass); "
+                    "run one forward pass first, module(example_input), then call "
+                    f"{what} again")
             key = id(t)
             if key not in paths:
                 order.append(key)
@@ -118,7 +126,7 @@ def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
             out[path] = leaf
     shared_buffers = []
     for key, tensor in s.shared.items():
-        spec = s.by_key[key]
+        spec = s.by_path[key]
         if spec.kind == "buffer":
             tensor = tensor.clone()
             shared_buffers.append((spec.paths[0], tensor, tensor._version))
@@ -149,14 +157,43 @@ def _call(p: Particle, tensors: dict[str, torch.Tensor], args: tuple, kwargs: di
     ``training`` flags, so both run under the species' re-entrant call lock: threads running
     ``nf.apply`` on particles of one species at once take turns instead of reading each other's
     weights. Under ``torch.compile`` the lock is skipped, so compiled code has no graph break.
+
+    A forward pass is pure: attributes it assigns on a module (``self.calls += 1``,
+    ``self.last = x``) are restored when it returns, so no particle's forward sees what
+    another's did (see :func:`_restoring`).
     """
     s = p._schema
     if torch.compiler.is_compiling():
-        with _mode(s.skeleton, p._training):
+        with _mode(s.skeleton, p._training), _restoring(s.skeleton):
             return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False,
                                    strict=False)
-    with s.species._call_lock, _mode(s.skeleton, p._training):
+    with s.species._call_lock, _mode(s.skeleton, p._training), _restoring(s.skeleton):
         return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
+
+
+@contextlib.contextmanager
+def _restoring(skeleton: nn.Module) -> Iterator[None]:
+    """Put back every module attribute the body rebinds (added, changed or deleted).
+
+    The skeleton is shared by every particle of the species (and by its later versions), so a
+    forward pass that keeps state on ``self`` would leak it into the next particle's call, a
+    BatchedTensor out of ``vmap``, or a tracer out of ``torch.compile``. The check is by
+    identity, one shallow copy of each module's ``__dict__``. In-place changes to a mutable
+    attribute object (appending to a list kept on ``self``) are not seen: keep such state in a
+    buffer and use :func:`apply_with_state`.
+    """
+    saved = [(m.__dict__, dict(m.__dict__)) for m in skeleton.modules()]
+    try:
+        yield
+    finally:
+        for now, before in saved:
+            if len(now) != len(before) or any(now.get(k, _GONE) is not v
+                                               for k, v in before.items()):
+                now.clear()
+                now.update(before)
+
+
+_GONE = object()
 
 
 def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
@@ -251,7 +288,7 @@ def _copy_module(p: Particle, s: Schema, copy: bool) -> nn.Module:
         for path in spec.paths:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = value
     for key, tensor in s.shared.items():
-        spec = s.by_key[key]
+        spec = s.by_path[key]
         for path in spec.paths:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = tensor
     memo[id(memo)] = []

@@ -18,14 +18,16 @@ from ._config import ParamConfig
 from ._config_events import Configure, ConfigureBuffer
 from ._convert import Convert, converted_dtype
 from ._errors import ArgumentTypeError, NytorchFuncError, SchemaError
-from ._events import (AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam, Event,
-                      Migration, SetNone)
+from ._events import (NO_VALUES, AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam,
+                      Event, Migration, SetNone)
 from ._particle import Particle, expect_particle
-from ._schema import computable, make_skeleton, suggest
+from ._containers import DelChild, is_indexed
+from ._schema import computable, make_skeleton, split_path, suggest
 from ._species import StaleHead
 
 __all__ = ["add_param", "del_param", "add_buffer", "del_buffer", "add_module", "del_module",
-           "set_none", "configure", "configure_buffer", "to", "commit", "configure_event"]
+           "set_none", "configure", "configure_buffer", "to", "commit", "configure_event", "module_parts",
+           "remove_module"]
 
 Build = Callable[[Particle], tuple[Event, dict[str, torch.Tensor]]]
 
@@ -34,30 +36,38 @@ def commit(p: Particle, build: Build, what: str) -> Particle:
     """Append the event ``build(p_at_head)`` makes; the initiator at the new version.
 
     ``build`` returns the event and the initiator's own tensors for the entries it adds (its
-    role: "the object itself"), which replace the recipient-side values ``migrate`` produces.
+    role: "the object itself"), which ``migrate`` uses instead of recipient copies (for a single
+    particle; a population's members get copies, as recipients do). An event that only selects
+    leaves (deletions, set_none, most config changes) is one index selection, computed once and
+    stored in the chain's link for every later touch.
     """
-    expect_particle(p, what)
+    if type(p) is not Particle:
+        expect_particle(p, what)
     species = p._schema.species
     while True:
-        q = at_head(p)
+        q = p if p._schema._next is None else at_head(p)
         head = q._schema
         event, own = build(q)
         try:
             with species._call_lock:  # the skeleton is copied: no forward may be swapped in
-                new_schema = event.apply(head)
+                new = event.apply(head)
         except NytorchFuncError:
             raise
         except Exception as err:  # torch's own refusals (bad names, ...) become typed errors
             raise SchemaError(f"{what}: {type(err).__name__}: {err}") from err
-        batch_shape = tuple(q.batch_shape)
-        leaves = event.migrate(dict(zip(head.leaf_keys, q._leaves)),
-                               Migration(batch_shape, head, new_schema))
-        if not batch_shape:
-            leaves.update((k, v) for k, v in own.items() if k in leaves)
-        result = Particle._make(new_schema, tuple(leaves[k] for k in new_schema.leaf_keys),
-                                q._training, batch_shape)
+        selection = event.selection(head, new)
+        if selection is not None:
+            old = q._leaves
+            leaves = tuple([old[i] for i in selection])
+            batch = None if leaves else tuple(q.batch_shape)
+        else:
+            batch = tuple(q.batch_shape)
+            m = Migration(batch, head, new, "snapshot", NO_VALUES if batch else own)
+            current = event.migrate(dict(zip(head.leaf_keys, q._leaves)), m)
+            leaves = tuple([current[k] for k in new.leaf_keys])
+        result = Particle(new, leaves, q._training, None if leaves else batch)
         try:
-            species._link(head, event, new_schema)
+            species._link(head, event, new, selection)
         except StaleHead:
             continue  # another thread appended first: replay on the new head
         return result
@@ -174,31 +184,71 @@ def add_module(p: Particle, path: str, module: nn.Module) -> Particle:
     >>> grown["1.weight"] is head.weight, nf.apply(grown, torch.ones(3, 2)).shape
     (True, torch.Size([3, 1]))
     """
+    skeleton, specs, values, snapshots = module_parts(module, path, "add_module")
+    event = AddModule(path, skeleton, specs, snapshots)
+    own = {f"{path}.{s.key}": v for s, v in zip(specs, values)}
+    return commit(p, lambda q: (event, own), "add_module")
+
+
+def module_parts(module: nn.Module, path: str, what: str
+                 ) -> tuple[nn.Module, tuple, tuple, tuple]:
+    """What an event that adds ``module`` records: ``(meta skeleton, specs, the module's own
+    tensors, snapshots of them)``; typed errors for non-modules, meta or lazy tensors and
+    modules that cannot be deep-copied."""
     if not isinstance(module, nn.Module):
-        raise ArgumentTypeError(f"add_module: the value for {path!r} must be an nn.Module, got "
+        raise ArgumentTypeError(f"{what}: the value for {path!r} must be an nn.Module, got "
                                 f"{type(module).__name__}")
     hook = getattr(module, "__nytorch_module__", None)
     plain = hook() if hook is not None else module
-    specs, values = collect(plain)
+    specs, values = collect(plain, what)
     for spec, value in zip(specs, values):
         if value.is_meta:
-            raise SchemaError(f"add_module: {path}.{spec.key} is on the meta device and holds no "
+            raise SchemaError(f"{what}: {path}.{spec.key} is on the meta device and holds no "
                               "data; particles hold values, so materialise the module first "
                               "(module.to_empty(device='cpu') and initialise it)")
     try:
         skeleton = make_skeleton(plain)
         snapshots = tuple(v.detach().clone() for v in values)
     except Exception as err:  # noqa: BLE001
-        raise SchemaError(f"add_module: cannot copy {type(module).__name__} at {path!r} for the "
+        raise SchemaError(f"{what}: cannot copy {type(module).__name__} at {path!r} for the "
                           f"other particles ({type(err).__name__}: {err}); make the module "
                           "deep-copyable") from err
-    event = AddModule(path, skeleton, tuple(specs), snapshots)
-    own = {f"{path}.{s.key}": v for s, v in zip(specs, values)}
-    return commit(p, lambda q: (event, own), "add_module")
+    return skeleton, tuple(specs), tuple(values), snapshots
 
 
 def del_module(p: Particle, path: str) -> Particle:
-    """Delete the submodule at ``path`` with all its parameters and buffers."""
+    """Delete the submodule at ``path`` with all its parameters and buffers.
+
+    A child of an ``nn.Sequential`` or ``nn.ModuleList`` is deleted as ``del seq[i]`` does: the
+    later children move down one place, so keys stay contiguous; their parameters keep their
+    ids and values.
+
+    >>> import torch, nytorch_func as nf
+    >>> net = nn = torch.nn
+    >>> p = nf.from_module(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
+    >>> q = nf.del_module(p, "0")
+    >>> list(q.params), nf.param_ids(q)["1.weight"] == nf.param_ids(p)["2.weight"]
+    (['1.weight', '1.bias'], True)
+    >>> nf.to_module(q)[0]
+    ReLU()
+    """
+    _path(path, "del_module")
+
+    def build(q: Particle) -> tuple[Event, dict]:
+        container, name = split_path(path)
+        if name.isdigit() and is_indexed(q._schema.module_at(container)):
+            return DelChild(path), {}
+        return DelModule(path), {}
+
+    return commit(p, build, "del_module")
+
+
+def remove_module(p: Particle, path: str) -> Particle:
+    """Delete the submodule at ``path`` and renumber nothing (``delattr(seq, "0")``).
+
+    For the facade, which mirrors a live module tree: a ``Sequential`` child replaced by
+    assignment is removed and added again under the same key.
+    """
     _path(path, "del_module")
     return commit(p, lambda q: (DelModule(path), {}), "del_module")
 
@@ -264,7 +314,7 @@ def configure_event(q: Particle, path: str, changes: list[tuple[str, ParamConfig
     s = q._schema
     to_shared, to_leaf = [], []
     for key, new in changes:
-        spec = s.by_key[key]
+        spec = s.by_path[key]
         if spec.leaf and new.shared:
             if q.batch_shape:
                 raise SchemaError(

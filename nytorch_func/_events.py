@@ -10,7 +10,8 @@ events keep only snapshots, so touching later never depends on what happened to 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -22,9 +23,12 @@ from ._schema import Schema, TensorSpec, computable, copy_path, split_path, sugg
 
 __all__ = ["Event", "Migration", "AddParam", "DelParam", "AddBuffer", "DelBuffer", "AddModule",
            "DelModule", "SetNone", "broadcast", "recipient_copy",
-           "drop_paths", "select_by_path", "module_paths_gone", "record"]
+           "drop_paths", "select_by_path", "module_paths_gone", "record", "NO_VALUES"]
 
 Leaves = dict[str, torch.Tensor]
+
+
+NO_VALUES: Mapping[str, torch.Tensor] = MappingProxyType({})
 
 
 class Migration(NamedTuple):
@@ -33,13 +37,16 @@ class Migration(NamedTuple):
     ``batch_shape``: the particle's batch dimensions (``()`` for one model). ``before`` and
     ``after``: the versions the event leads from and to. ``fill``: what entries that did not
     exist before start as, for events that map a recipient's own values (growth): ``"snapshot"``
-    (the event's rule) or ``"zeros"`` (training state that mirrors a particle).
+    (the event's rule) or ``"zeros"`` (training state that mirrors a particle). ``own``: the
+    initiator's own tensors for the entries the event adds, by path (the seed's rule: the
+    initiator holds the object itself); empty for recipients, who get copies.
     """
 
     batch_shape: tuple[int, ...]
     before: Schema
     after: Schema
     fill: "str | Callable" = "snapshot"
+    own: Mapping[str, torch.Tensor] = NO_VALUES
 
 
 def broadcast(t: torch.Tensor, batch_shape: tuple[int, ...], *, copy: bool) -> torch.Tensor:
@@ -80,7 +87,7 @@ def _check_free(schema: Schema, path: str, what: str,
     if name in parent._parameters or name in parent._buffers or name in parent._modules:
         raise SchemaError(f"{what}: {path!r} already exists in version {schema.version}; delete it "
                           "first or choose another name")
-    if hasattr(parent, name):
+    if name in parent.__dict__ or hasattr(type(parent), name):  # (members were checked above)
         raise SchemaError(f"{what}: {path!r} would hide the attribute {name!r} of "
                           f"{type(parent).__name__}; choose another name")
     return parent_path, name, parent
@@ -117,8 +124,12 @@ def select_by_path(before: Schema, after: Schema) -> tuple[int, ...]:
     For events that only drop, keep or rename leaves: every leaf of ``after`` is a leaf of
     ``before`` reachable by its first path.
     """
-    index, by_path = before.leaf_index, before.by_path
-    return tuple(index[by_path[s.key].key] for s in after.leaf_specs)
+    index = before.leaf_index
+    try:
+        return tuple([index[k] for k in after.leaf_keys])
+    except KeyError:  # a tied tensor renamed after its first path went: find it by path
+        by_path = before.by_path
+        return tuple([index[by_path[k].key] for k in after.leaf_keys])
 
 
 def record(cls: type) -> type:
@@ -181,8 +192,8 @@ class AddParam(Event):
     def apply(self, schema: Schema) -> Schema:
         parent_path, name, _ = _check_free(schema, self.path, "add_param")
         skeleton, parent = copy_path(schema.skeleton, parent_path)
-        parent.register_parameter(name, nn.Parameter(to_meta(self.snapshot),
-                                                     requires_grad=self.requires_grad))
+        parent._parameters[name] = nn.Parameter(to_meta(self.snapshot),  # name checked above
+                                                requires_grad=self.requires_grad)
         spec = TensorSpec(key=self.path, kind="param", paths=(self.path,),
                           shape=tuple(self.snapshot.shape), dtype=self.snapshot.dtype,
                           device=self.snapshot.device, requires_grad=self.requires_grad,
@@ -197,8 +208,11 @@ class AddParam(Event):
     def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
         if self.config.shared:
             return leaves
-        return {**leaves, self.path: recipient_copy(self.snapshot, m.batch_shape,
-                                                     self.requires_grad)}
+        value = m.own.get(self.path)
+        if value is None:
+            value = recipient_copy(self.snapshot, m.batch_shape, self.requires_grad)
+        leaves[self.path] = value
+        return leaves
 
     def describe(self) -> str:
         return f"add_param {self.path} {_shape(self.snapshot)} {self.config}"
@@ -224,9 +238,9 @@ class AddBuffer(Event):
         return schema.derive(skeleton=skeleton, add=(spec,), shared=shared)
 
     def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
-        if not self.state:
-            return leaves
-        return {**leaves, self.path: broadcast(self.tensor, m.batch_shape, copy=False)}
+        if self.state:
+            leaves[self.path] = broadcast(self.tensor, m.batch_shape, copy=False)
+        return leaves
 
     def describe(self) -> str:
         how = "state" if self.state else "shared"
@@ -358,12 +372,13 @@ class AddModule(Event):
         return dataclasses.replace(spec, key=paths[0], paths=paths, pid=pid)
 
     def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
-        out = dict(leaves)
         for spec, value in zip(self.specs, self.values):
             if spec.leaf:
-                out[f"{self.path}.{spec.key}"] = recipient_copy(value, m.batch_shape,
-                                                                spec.requires_grad)
-        return out
+                key = f"{self.path}.{spec.key}"
+                own = m.own.get(key)
+                leaves[key] = (recipient_copy(value, m.batch_shape, spec.requires_grad)
+                               if own is None else own)
+        return leaves
 
     def describe(self) -> str:
         n = sum(s.is_param for s in self.specs)

@@ -314,7 +314,7 @@ def _objects(q: Particle, *, fresh_from: dict[int, torch.Tensor] | None = None) 
         for path in spec.paths:
             objs[path] = t
     for key, t in s.shared.items():
-        for path in s.by_key[key].paths:
+        for path in s.by_path[key].paths:
             objs[path] = t
     return objs
 
@@ -407,7 +407,7 @@ def _sync(root: nn.Module, h: ParticleHandle) -> Particle:
     old = h.schema
     own: set[str] = set()
     for kind, path in removals:
-        p = getattr(_edit, kind)(p, path)
+        p = (_edit.remove_module if kind == "del_module" else getattr(_edit, kind))(p, path)
     for kind, path, value, parent in additions:
         if kind == "param":
             p = _edit.add_param(p, path, value)
@@ -1368,7 +1368,7 @@ class NytoModule(nn.Module):
             raise VersionError(_LOCKED)
         full = f"{path}.{name}" if path else name
         q = {"param": _edit.del_param, "buffer": _edit.del_buffer,
-             "module": _edit.del_module}[existing](p, full)
+             "module": _edit.remove_module}[existing](p, full)
         nn.Module.__delattr__(self, name)
         _write_back(root, h, q)
 

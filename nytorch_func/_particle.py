@@ -11,7 +11,7 @@ import optree
 import torch
 import torch.utils._pytree as torch_pytree
 
-from ._arith import at_head, binary, check_generator, fill, make, unary
+from ._arith import at_head, binary, check_generator, fill, make, torch_function, unary
 from ._config import ParamConfig
 from ._errors import ArgumentTypeError, SchemaError, frozen
 
@@ -203,6 +203,7 @@ class Particle:
     __neg__ = unary("neg")
     __pos__ = unary("pos")
     __abs__ = unary("abs")
+    __torch_function__ = classmethod(torch_function)  # ``tensor * p``, and operators compiled
 
     # copies and values made from nothing -------------------------------------------------------
     def clone(self) -> "Particle":

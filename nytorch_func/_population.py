@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ._arith import at_head
+from ._arith import at_head, check_generator
 from ._bridge import apply, collect, from_module
 from ._errors import ArgumentTypeError, SchemaError, SpeciesMismatchError, expect
 from ._particle import Particle, members
@@ -78,8 +79,9 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn"
     expect(source, Particle, "population", "a Particle or an nn.Module")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SchemaError(f"population: n must be a positive int, got {n!r}")
-    if not (callable(init) or init in _INITS):
+    if not (callable(init) or (isinstance(init, str) and init in _INITS)):
         raise SchemaError(f"population: init must be one of {_INITS} or a callable, got {init!r}")
+    check_generator(generator, "population")
     if source.batch_shape:
         raise SchemaError("population: the source is already a population; pass one particle")
     source = at_head(source)
@@ -92,9 +94,13 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn"
             new = base.clone()
         elif callable(init):
             new = init(base, spec)
-            if not isinstance(new, torch.Tensor) or new.shape != base.shape:
-                raise SchemaError(f"population: init returned {getattr(new, 'shape', type(new))} "
-                                  f"for {spec.key!r}, expected a tensor of shape {tuple(base.shape)}")
+            if not isinstance(new, torch.Tensor) or new.shape != base.shape or (
+                    new.dtype != base.dtype or new.device != base.device):
+                got = (f"shape {tuple(new.shape)} {new.dtype} on {new.device}"
+                       if isinstance(new, torch.Tensor) else type(new).__name__)
+                raise SchemaError(f"population: init returned {got} for {spec.key!r}; it must "
+                                  f"return a tensor of shape {tuple(base.shape)} {base.dtype} on "
+                                  f"{base.device} (the schema's dtype: cast with .to(base.dtype))")
         elif init == "zeros":
             new = torch.zeros_like(base)
         else:
@@ -149,16 +155,20 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
     """Forward every member of ``pop``: ``torch.func.vmap(nf.apply)`` with a safety net.
 
     ``in_dims`` describes ``args`` as in ``torch.func.vmap`` (default: every argument shared by
-    all members). Keyword arguments are shared. Where torch has no batching rule for an op the
-    model uses (``nn.LSTM``/``nn.GRU`` in torch 2.13), it runs the members one by one and stacks
-    the outputs, with a :class:`VmapFallbackWarning`, so the result is the same either way.
+    all members). Keyword arguments are shared. A population with several batch dimensions
+    (``nf.stack`` of populations) is mapped over each of them; a mapped argument then carries
+    the whole batch shape from its ``in_dims`` position on. Where torch has no batching rule for
+    an op the model uses (``nn.LSTM``/``nn.GRU`` in torch 2.13), it runs the members one by one
+    and stacks the outputs, with a :class:`VmapFallbackWarning`, so the result is the same
+    either way.
 
     >>> import torch, nytorch_func as nf
     >>> pop = nf.population(torch.nn.Linear(3, 2), 4)
     >>> nf.vmap_apply(pop, torch.randn(5, 3)).shape
     torch.Size([4, 5, 2])
     """
-    n = members(pop, "vmap_apply")
+    members(pop, "vmap_apply")
+    batch = tuple(pop.batch_shape)
     dims = (None,) * len(args) if in_dims is None else tuple(in_dims)
     if len(dims) != len(args):
         raise SchemaError(f"vmap_apply: in_dims has {len(dims)} entries for {len(args)} arguments")
@@ -166,13 +176,24 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
     def one(p: Particle, *xs: Any) -> Any:
         return apply(p, *xs, **kwargs)
 
+    mapped = one
+    for _ in batch:
+        mapped = torch.func.vmap(mapped, in_dims=(0, *dims))
     try:
-        return torch.func.vmap(one, in_dims=(0, *dims))(pop, *args)
+        return mapped(pop, *args)
     except RuntimeError as err:
         if "Batching rule not implemented" not in str(err):
             raise
-        warnings.warn(f"vmap_apply: {str(err).splitlines()[0]}; running the {n} members one by "
-                      "one", VmapFallbackWarning, stacklevel=2)
-    outs = [one(pop[i], *(a if d is None else a.select(d, i) for a, d in zip(args, dims)))
-            for i in range(n)]
+        warnings.warn(f"vmap_apply: {str(err).splitlines()[0]}; running the "
+                      f"{math.prod(batch)} members one by one", VmapFallbackWarning, stacklevel=2)
+    return _loop(one, pop, args, dims)
+
+
+def _loop(one: Any, pop: Particle, args: tuple, dims: tuple) -> Any:
+    """``one`` over the members along the first batch dim (recursively), outputs stacked."""
+    if not pop.batch_shape:
+        return one(pop, *args)
+    outs = [_loop(one, member, tuple(a if d is None else a.select(d, i)
+                                     for a, d in zip(args, dims)), dims)
+            for i, member in enumerate(pop)]
     return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ._arith import align
+from ._arith import align, at_head
 from ._errors import SchemaError
 from ._particle import Particle, expect_particle, members
 from ._schema import TensorSpec
@@ -62,7 +62,7 @@ def reset_value(spec: TensorSpec, batch_shape: tuple[int, ...], what: str) -> to
         raise SchemaError(f"{what}: buffer {spec.key!r} has policy 'reset' but no recorded reset "
                           "value; set it again with nf.configure_buffer(p, path, policy='reset', "
                           "value=...)")
-    return value.expand(*batch_shape, *value.shape).clone()
+    return value.expand((*batch_shape, *value.shape)).clone()  # a tuple: 0-dim values too
 
 
 def device_of(pop: Particle) -> torch.device:
@@ -104,6 +104,10 @@ def mean(pop: Particle, weights: Any = None) -> Particle:
     True
     """
     n = members(pop, "mean")
+    if n == 0:
+        raise SchemaError("mean: the population has no members (batch shape "
+                          f"{tuple(pop.batch_shape)}); an average needs at least one")
+    pop = at_head(pop)
     w = None
     if weights is not None:
         w = as_vector(weights, n, "mean", "weights", device=device_of(pop))
@@ -143,9 +147,10 @@ def take(pop: Particle, indices: Any) -> Particle:
     nytorch_func._errors.SchemaError: take: index 4 is out of range for a population of 4 members
     """
     n = members(pop, "take")
+    pop = at_head(pop)
     idx = _indices(indices, n, "take", device_of(pop))
     return Particle._make(pop._schema, tuple(t.index_select(0, idx) for t in pop._leaves),
-                          pop._training)
+                          pop._training, (idx.shape[0], *pop.batch_shape[1:]))
 
 
 def _indices(indices: Any, n: int, what: str, device: torch.device) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._species import Species
 
-__all__ = ["Schema", "TensorSpec", "Link", "computable"]
+__all__ = ["Schema", "TensorSpec", "Link", "computable", "copy_path", "copy_paths"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,31 +123,23 @@ class Schema:
     """
 
     __slots__ = ("species", "version", "skeleton", "specs", "shared", "next_pid", "training",
-                 "by_path", "by_key", "leaf_keys", "leaf_specs", "leaf_index", "op_index",
+                 "by_path", "leaf_keys", "leaf_specs", "leaf_index", "op_index",
                  "all_operational", "_next", "__weakref__")
 
     def __init__(self, species: "Species", version: int, skeleton: nn.Module,
                  specs: tuple[TensorSpec, ...], shared: Mapping[str, torch.Tensor],
                  next_pid: int) -> None:
-        by_key = {s.key: s for s in specs}
-        if len(by_key) != len(specs):
-            raise SchemaError(f"schema: two specs share a key in version {version}")
         by_path = {p: s for s in specs for p in s.paths}
-        leaf_specs = tuple(s for s in specs if s.leaf)
+        if len(by_path) != sum(len(s.paths) for s in specs):
+            raise SchemaError(f"schema: two specs share a path in version {version}")
         self._fill(species, version, skeleton, tuple(specs), MappingProxyType(dict(shared)),
-                   next_pid, by_key, by_path, leaf_specs)
+                   next_pid, by_path, *_leaf_indexes(tuple(s for s in specs if s.leaf)))
 
     def _fill(self, species: "Species", version: int, skeleton: nn.Module,
               specs: tuple[TensorSpec, ...], shared: MappingProxyType, next_pid: int,
-              by_key: dict, by_path: dict, leaf_specs: tuple[TensorSpec, ...]) -> None:
-        leaf_keys = tuple(s.key for s in leaf_specs)
-        # Leaves particle arithmetic computes: operational parameters of a floating or complex
-        # dtype. Integer parameters are never computed (``p / 2`` would turn them into floats);
-        # the public API refuses to make them operational, and this keeps schemas built
-        # otherwise (the facade, old files) from changing a leaf's dtype.
-        op_index = tuple(i for i, s in enumerate(leaf_specs)
-                         if s.kind == "param" and s.config.operational  # type: ignore[union-attr]
-                         and computable(s.dtype))
+              by_path: Mapping, leaf_specs: tuple[TensorSpec, ...],
+              leaf_keys: tuple[str, ...], leaf_index: Mapping[str, int],
+              op_index: tuple[int, ...]) -> None:
         put = object.__setattr__
         put(self, "species", species)
         put(self, "version", version)
@@ -156,11 +148,10 @@ class Schema:
         put(self, "shared", shared)
         put(self, "next_pid", next_pid)
         put(self, "training", skeleton.training)
-        put(self, "by_key", MappingProxyType(by_key))
-        put(self, "by_path", MappingProxyType(by_path))
+        put(self, "by_path", _read_only(by_path))
         put(self, "leaf_specs", leaf_specs)
         put(self, "leaf_keys", leaf_keys)
-        put(self, "leaf_index", MappingProxyType({k: i for i, k in enumerate(leaf_keys)}))
+        put(self, "leaf_index", _read_only(leaf_index))
         put(self, "op_index", op_index)
         # True only when there is something to compute: the fast path hands every leaf to one
         # torch._foreach_* call, which refuses an empty list.
@@ -173,38 +164,75 @@ class Schema:
                next_pid: int | None = None) -> "Schema":
         """The next version: this one with specs dropped (by key), replaced and added.
 
-        The indexes are derived from this version's (most events change one spec), not
-        rebuilt. ``replace`` maps an old key to its new spec (which may have a new key, when the
-        canonical path of a tied tensor is deleted). Added specs go last, in order.
+        The indexes are derived from this version's, not rebuilt: most events change one spec.
+        An addition appends to every index; a removal shifts the leaves after the removed ones;
+        a replacement that keeps keys and leaves (a config or policy change) shares this
+        version's index mappings (they are never written after construction). ``replace`` maps
+        an old key to its new spec (which may have a new key, when the canonical path of a
+        tied tensor is deleted). Added specs go last, in order.
         """
         replace = replace or {}
-        specs = []
-        for s in self.specs:
-            if s.key in drop:
-                continue
-            specs.append(replace.get(s.key, s))
-        specs.extend(add)
-        by_key = dict(self.by_key)
-        by_path = dict(self.by_path)
-        for key in (*drop, *replace):
-            for p in by_key.pop(key).paths:
-                del by_path[p]
-        for s in (*replace.values(), *add):
-            if s.key in by_key:
-                raise SchemaError(f"schema: key {s.key!r} already exists in version "
-                                  f"{self.version}")
-            by_key[s.key] = s
-            for p in s.paths:
-                by_path[p] = s
-        if not drop and not replace:
-            leaf_specs = self.leaf_specs + tuple(s for s in add if s.leaf)
+        by_path: Mapping[str, TensorSpec] = self.by_path
+        renamed = any(new.paths != by_path[key].paths for key, new in replace.items())
+        if drop or add or renamed:
+            by_path = by_path.copy()
+            for key in (*drop, *replace):
+                for p in self.by_path[key].paths:
+                    del by_path[p]  # type: ignore[attr-defined]
+            for spec in (*replace.values(), *add):
+                if any(p in by_path for p in spec.paths):
+                    raise SchemaError(f"schema: {spec.key!r} already exists in version "
+                                      f"{self.version}")
+                for p in spec.paths:
+                    by_path[p] = spec  # type: ignore[index]
+        elif replace:
+            by_path = {**by_path, **{p: new for new in replace.values() for p in new.paths}}
+        leaf_specs, leaf_keys, index, op = (self.leaf_specs, self.leaf_keys, self.leaf_index,
+                                            self.op_index)
+        if not drop and not replace:  # an addition: every index only grows
+            specs = self.specs + add
+            new_leaves = tuple([s for s in add if s.leaf])
+            if new_leaves:
+                index = index.copy()
+                op_list = list(op)
+                for i, spec in enumerate(new_leaves, len(leaf_specs)):
+                    index[spec.key] = i  # type: ignore[index]
+                    if _computed(spec):
+                        op_list.append(i)
+                leaf_specs = leaf_specs + new_leaves
+                leaf_keys = leaf_keys + tuple([s.key for s in new_leaves])
+                op = tuple(op_list)
+        elif not replace and not add:  # a removal: leaves keep their order, some go
+            specs = tuple([s for s in self.specs if s.key not in drop])
+            gone = sorted(index[k] for k in drop if k in index)
+            if len(gone) == 1:  # the common case: one leaf goes, the ones after it shift
+                j = gone[0]
+                leaf_specs = leaf_specs[:j] + leaf_specs[j + 1:]
+                leaf_keys = leaf_keys[:j] + leaf_keys[j + 1:]
+                index = dict(zip(leaf_keys, range(len(leaf_keys))))
+                op = tuple([i if i < j else i - 1 for i in op if i != j])
+            elif gone:
+                dropped = set(gone)
+                keep = [i for i in range(len(leaf_keys)) if i not in dropped]
+                leaf_specs = tuple([leaf_specs[i] for i in keep])
+                leaf_keys = tuple([leaf_keys[i] for i in keep])
+                index = dict(zip(leaf_keys, range(len(leaf_keys))))
+                op = tuple([i - sum(g < i for g in gone) for i in op if i not in dropped])
+        elif not drop and not add and not renamed and all(
+                new.leaf == self.by_path[key].leaf for key, new in replace.items()):
+            # settings changed, keys and leaves did not: positions stay
+            specs = tuple([replace.get(s.key, s) for s in self.specs])
+            leaf_specs = tuple([replace.get(s.key, s) for s in leaf_specs])
+            op = tuple([i for i, s in enumerate(leaf_specs) if _computed(s)])
         else:
-            leaf_specs = tuple(s for s in specs if s.leaf)
+            specs = tuple([replace.get(s.key, s) for s in self.specs if s.key not in drop]) + add
+            leaf_specs, leaf_keys, index, op = _leaf_indexes(tuple([s for s in specs if s.leaf]))
         new = Schema.__new__(Schema)
         new._fill(self.species, self.version + 1,
-                  self.skeleton if skeleton is None else skeleton, tuple(specs),
+                  self.skeleton if skeleton is None else skeleton, specs,
                   self.shared if shared is None else MappingProxyType(dict(shared)),
-                  self.next_pid if next_pid is None else next_pid, by_key, by_path, leaf_specs)
+                  self.next_pid if next_pid is None else next_pid, by_path, leaf_specs,
+                  leaf_keys, index, op)
         return new
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -250,6 +278,11 @@ class Schema:
         return None if self._next is None else self._next.event
 
     @property
+    def by_key(self) -> Mapping[str, TensorSpec]:
+        """Every spec by its canonical path (``by_path`` also has the aliases of tied tensors)."""
+        return MappingProxyType({s.key: s for s in self.specs})
+
+    @property
     def params(self) -> tuple[TensorSpec, ...]:
         return tuple(s for s in self.specs if s.kind == "param")
 
@@ -292,6 +325,27 @@ class Schema:
         return "\n".join([head] + ["  " + s.describe() for s in self.specs])
 
 
+def _read_only(m: Mapping) -> MappingProxyType:
+    """``m`` as a read-only mapping (a proxy is shared as is: its dict is never written)."""
+    return m if type(m) is MappingProxyType else MappingProxyType(m)  # type: ignore[arg-type]
+
+
+def _computed(s: TensorSpec) -> bool:
+    """Whether particle arithmetic computes the leaf of ``s``: operational parameters of a
+    floating or complex dtype. Integer parameters never are (``p / 2`` would turn them into
+    floats); the public API refuses to make them operational, and this keeps schemas built
+    otherwise (the facade, old files) from changing a leaf's dtype."""
+    return s.kind == "param" and s.config.operational and computable(s.dtype)  # type: ignore[union-attr]
+
+
+def _leaf_indexes(leaf_specs: tuple[TensorSpec, ...]
+                  ) -> tuple[tuple[TensorSpec, ...], tuple[str, ...], dict[str, int], tuple[int, ...]]:
+    """``(leaf_specs, leaf_keys, leaf_index, op_index)`` of a schema whose leaves are these."""
+    keys = tuple(s.key for s in leaf_specs)
+    return (leaf_specs, keys, {k: i for i, k in enumerate(keys)},
+            tuple(i for i, s in enumerate(leaf_specs) if _computed(s)))
+
+
 def computable(dtype: torch.dtype) -> bool:
     """Whether particle arithmetic can compute a parameter of ``dtype`` (floating or complex)."""
     return dtype.is_floating_point or dtype.is_complex
@@ -311,8 +365,8 @@ def suggest(path: str, names: list[str]) -> str:
 
 def to_meta(t: torch.Tensor) -> torch.Tensor:
     """A data-free copy of ``t`` on the meta device, keeping its class and requires_grad."""
-    meta = torch.empty_like(t, device="meta")
-    if isinstance(t, nn.Parameter):
+    meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+    if type(t) is not torch.Tensor and isinstance(t, nn.Parameter):
         return nn.Parameter(meta, requires_grad=t.requires_grad)
     return meta
 
@@ -330,7 +384,13 @@ def make_skeleton(module: nn.Module) -> nn.Module:
 
 def shallow_module(m: nn.Module) -> nn.Module:
     """A copy of ``m`` that owns its own parameter/buffer/child dicts (children are shared)."""
-    new = copy.copy(m)
+    cls = type(m)
+    if (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and cls.__setstate__ is nn.Module.__setstate__ and not hasattr(cls, "__copy__")):
+        new = object.__new__(cls)  # what copy.copy does for a plain module, without its detours
+        object.__setattr__(new, "__dict__", dict(m.__dict__))
+    else:
+        new = copy.copy(m)
     d = new.__dict__
     d["_parameters"] = dict(m._parameters)
     d["_buffers"] = dict(m._buffers)
@@ -347,17 +407,30 @@ def copy_path(root: nn.Module, module_path: str) -> tuple[nn.Module, nn.Module]:
     Returns ``(new_root, new_target)``; every module off that path stays shared with the old
     skeleton, so an event costs the depth of the change, not the size of the model.
     """
+    new_root, copied = copy_paths(root, (module_path,))
+    return new_root, copied[module_path]
+
+
+def copy_paths(root: nn.Module, module_paths: Iterable[str]
+               ) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """:func:`copy_path` for several modules at once: each module on the way is copied once.
+
+    Returns ``(new_root, {path: new module})`` for every path given and every module above.
+    """
     new_root = shallow_module(root)
-    node = new_root
-    if module_path:
-        for name in module_path.split("."):
-            child = node._modules.get(name)
-            if child is None:
-                raise SchemaError(f"no submodule {name!r} on the way to {module_path!r}")
-            child = shallow_module(child)
-            node._modules[name] = child
-            node = child
-    return new_root, node
+    copied = {"": new_root}
+    for path in module_paths:
+        node, walked = new_root, ""
+        for name in path.split(".") if path else ():
+            walked = f"{walked}.{name}" if walked else name
+            done = copied.get(walked)
+            if done is None:
+                child = node._modules.get(name)
+                if child is None:
+                    raise SchemaError(f"no submodule {name!r} on the way to {path!r}")
+                done = copied[walked] = node._modules[name] = shallow_module(child)
+            node = done
+    return new_root, copied
 
 
 def split_path(path: str) -> tuple[str, str]:

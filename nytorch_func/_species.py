@@ -25,6 +25,9 @@ __all__ = ["Species"]
 _counter = itertools.count()
 
 
+_ASK = object()  # _link computes the selection itself
+
+
 class StaleHead(Exception):
     """Internal: another thread appended first; the caller touches and tries again."""
 
@@ -113,13 +116,20 @@ class Species:
     def _install(self, schema: "Schema") -> None:
         self._versions[schema.version] = schema
         object.__setattr__(self, "_head", weakref.ref(schema))
-        object.__setattr__(self, "_count", max(self._count, schema.version + 1))
+        if schema.version >= self._count:
+            object.__setattr__(self, "_count", schema.version + 1)
 
-    def _link(self, base: "Schema", event: "Event", new: "Schema") -> None:
-        """Append ``new`` after ``base``; StaleHead if ``base`` is no longer the head."""
-        link = Link(event, new, event.selection(base, new))
+    def _link(self, base: "Schema", event: "Event", new: "Schema",
+              selection: "tuple[int, ...] | None | object" = _ASK) -> None:
+        """Append ``new`` after ``base``; StaleHead if ``base`` is no longer the head.
+
+        ``selection``: the event's selection for these two versions, if the caller has it.
+        """
+        if selection is _ASK:
+            selection = event.selection(base, new)
+        link = Link(event, new, selection)
         with self._lock:
-            if base._next is not None or self.head is not base:
+            if base._next is not None or self._head is None or self._head() is not base:
                 raise StaleHead()
             object.__setattr__(base, "_next", link)
             self._install(new)

@@ -43,15 +43,22 @@ def touch(p: Particle, to: "None | int | Schema" = None, *, fill: "str | Callabl
     ...
     nytorch_func._errors.VersionError: touch: cannot go back from version 1 to version 0; touch only moves forward (events are not undone)
     """
-    expect_particle(p, "touch", "for a NytoModule call module.touch()")
-    check_fill(fill, "touch")
+    if type(p) is not Particle:
+        expect_particle(p, "touch", "for a NytoModule call module.touch()")
+    if type(fill) is not str or fill != "snapshot":
+        check_fill(fill, "touch")
     start = p._schema
-    target = resolve_target(start, to, "touch")
-    if target is start:
-        return p
+    if to is None:  # the common case: to the head, or nothing to do
+        if start._next is None:
+            return p
+        target = start.species.head
+    else:
+        target = resolve_target(start, to, "touch")
+        if target is start:
+            return p
     batch = tuple(p.batch_shape)
-    return Particle._make(target, migrate(start, p._leaves, batch, target, fill, "touch"),
-                          p._training, batch)
+    leaves = migrate(start, p._leaves, batch, target, fill, "touch")
+    return Particle(target, leaves, p._training, None if leaves else batch)
 
 
 def touch_tree(tree: Any, to: "None | int | Schema" = None, *,

@@ -33,13 +33,8 @@ def test_conv_batchnorm_laws_in_eval_mode():
     nft.check_migration_laws(lambda: ConvBN().eval(), X["ConvBN"], max_examples=_examples(20))
 
 
-# nf.apply of an nn.LSTM leaves the particle's tensors in the shared skeleton's _flat_weights
-# (test_regressions.py::test_lstm_forward_leaves_the_skeleton_alone), which also breaks nf.save.
-LSTM_BUGS = ("apply_pure", "checkpoint_round_trip")
-
-
 def test_lstm_tagger_laws():
-    nft.check_migration_laws(Tagger, X["Tagger"], max_examples=_examples(30), skip=LSTM_BUGS)
+    nft.check_migration_laws(Tagger, X["Tagger"], max_examples=_examples(30))
 
 
 class TestResNetLaws(nft.MigrationLaws):

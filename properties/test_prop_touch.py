@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, strategies as st
 
 import nytorch_func as nf
@@ -84,10 +85,10 @@ def test_untouched_leaves_keep_their_objects(data):
     versions = [r.schema] + [s.schema for s in steps]
     t = nf.touch(r)
     for key, leaf in zip(r.schema.leaf_keys, r.leaves):
-        spec = r.schema.by_key[key]
+        spec = r.schema.by_path[key]
         # a leaf that stayed a leaf under the same key in every version was never re-created
-        if all(key in v.leaf_index and v.by_key[key].pid == spec.pid and
-               v.by_key[key].dtype == spec.dtype for v in versions):
+        if all(key in v.leaf_index and v.by_path[key].pid == spec.pid and
+               v.by_path[key].dtype == spec.dtype for v in versions):
             assert t[key] is leaf, f"{key!r} was copied although no event touched it"
 
 
@@ -204,7 +205,12 @@ def test_initiator_and_recipient_semantics(kind, data):
     elif kind == "add_buffer":
         assert q[path] is value and r2[path] is value, "a buffer is added by reference"
     elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
+        head_path, _, last = path.rpartition(".")
+        renumbered = kind == "del_module" and last.isdigit() and isinstance(
+            p.schema.module_at(head_path), (nn.Sequential, nn.ModuleList))
         for x in (q, r2, pop2):
+            if renumbered:  # del seq[i]: the next child moves into the deleted one's place
+                continue
             assert path not in x.schema.by_path
             assert not [s for s in x.schema.specs if any(a.startswith(path + ".") for a in s.paths)]
         if kind == "set_none":
@@ -213,10 +219,13 @@ def test_initiator_and_recipient_semantics(kind, data):
             assert name in {**parent._parameters, **parent._modules}
             assert getattr(parent, name) is None
         r3 = nf.touch(r_head)  # from the version just before the deletion
-        for key, leaf in zip(r_head.schema.leaf_keys, r_head.leaves):
-            if key in r3.schema.leaf_index and r3.schema.by_key[key].paths == \
-                    r_head.schema.by_key[key].paths:
-                assert r3[key] is leaf, f"deleting {path!r} copied the untouched {key!r}"
+        by_pid = {s.pid: t for s, t in zip(r3.schema.leaf_specs, r3.leaves) if s.pid is not None}
+        for spec, leaf in zip(r_head.schema.leaf_specs, r_head.leaves):
+            if spec.pid is not None and spec.pid in by_pid:  # kept (perhaps renumbered): the same
+                assert by_pid[spec.pid] is leaf, f"deleting {path!r} copied {spec.key!r}"
+            elif spec.pid is None and not renumbered and spec.key in r3.schema.leaf_index and \
+                    r3.schema.by_path[spec.key].paths == spec.paths:
+                assert r3[spec.key] is leaf, f"deleting {path!r} copied the untouched {spec.key!r}"
     elif kind == "configure":
         for spec in q.schema.params:
             assert r2.config(spec.key) == q.config(spec.key)

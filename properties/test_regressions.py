@@ -57,11 +57,10 @@ def _lstm_particle():
     return nf.from_module(torch.nn.LSTM(2, 3))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug (_bridge.apply): functional_call swaps the particle's tensors into the shared "
-    "skeleton through nn.LSTM.__setattr__, which rebuilds _flat_weights; restoring leaves the "
-    "skeleton's _flat_weights holding the particle's real tensors (law 'apply_pure')"))
 def test_lstm_forward_leaves_the_skeleton_alone():
+    """Was: functional_call swapped the particle's tensors into the shared skeleton through
+    nn.LSTM.__setattr__, which rebuilt _flat_weights, and restoring left the particle's real
+    tensors there (law 'apply_pure'); fixed on main with pure forward passes."""
     p = _lstm_particle()
     before = [id(t) for t in p.schema.skeleton._flat_weights]
     nf.apply(p, torch.randn(4, 2))
@@ -69,11 +68,9 @@ def test_lstm_forward_leaves_the_skeleton_alone():
     assert all(t.is_meta for t in p.schema.skeleton._flat_weights)
 
 
-@pytest.mark.xfail(strict=True, raises=nf.CheckpointError, reason=(
-    "core bug (same cause): after one nf.apply of an nn.LSTM particle, nf.save of its species "
-    "fails with '_flat_weights[0] is a tensor that is not a parameter or buffer' (law "
-    "'checkpoint_round_trip')"))
 def test_save_after_an_lstm_forward(tmp_path):
+    """Was (same cause): after one nf.apply of an nn.LSTM particle, nf.save refused the
+    species' '_flat_weights[0]' (law 'checkpoint_round_trip')."""
     p = _lstm_particle()
     nf.apply(p, torch.randn(4, 2))
     nf.save(tmp_path / "lstm.safetensors", p)

@@ -222,10 +222,14 @@ def test_del_module_nested():
     gone = {"0.1.0.weight", "0.1.0.bias"}
     assert not gone & set(p.params) and "0.0.weight" in p.params
     assert set(nf.touch(q).params) == set(p.params)
-    p = nf.del_module(p, "0")
-    assert list(p.params) == ["1.0.weight", "1.0.bias"]
+    ids = nf.param_ids(p)
+    p = nf.del_module(p, "0")  # a Sequential child: the later ones move down, as del seq[0]
+    assert list(p.params) == ["0.0.weight", "0.0.bias"]
+    assert nf.param_ids(p) == {"0.0.weight": ids["1.0.weight"], "0.0.bias": ids["1.0.bias"]}
     assert nf.touch(q).schema is p.schema and list(nf.touch(q).params) == list(p.params)
-    assert p.schema.module_paths() == ["", "1", "1.0"]
+    assert torch.equal(nf.touch(q)["0.0.weight"], q["1.0.weight"])
+    assert p.schema.module_paths() == ["", "0", "0.0"]
+    assert isinstance(nf.to_module(p)[0], nn.Sequential)
 
 
 @pytest.mark.parametrize("alias", ["emb.weight", "out.weight"])

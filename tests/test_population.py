@@ -176,7 +176,7 @@ def test_population_callable_init_and_errors():
         nf.population(mlp(), 0)
     with pytest.raises(nf.SchemaError, match="init must be"):
         nf.population(mlp(), 2, init="gauss")
-    with pytest.raises(nf.SchemaError, match="expected a tensor of shape"):
+    with pytest.raises(nf.SchemaError, match=r"must return a tensor of shape \(2, 8, 6\)"):
         nf.population(mlp(), 2, init=lambda base, spec: base[0])
 
 

@@ -113,6 +113,14 @@ def test_mean_buffer_policies():
     assert torch.equal(soup["1.running_var"], torch.ones(3))
 
 
+def test_reset_of_a_0_dim_buffer():
+    """Regression: a 0-dim reset value (num_batches_tracked) was expanded with no sizes."""
+    pop = nf.configure_buffer(distinct_population(convbn(), 3), "1.num_batches_tracked",
+                              policy="reset", value=torch.tensor(0))
+    soup = nf.mean(pop)
+    assert soup["1.num_batches_tracked"].shape == () and int(soup["1.num_batches_tracked"]) == 0
+
+
 def test_reset_snapshot_is_taken_when_policy_is_set():
     bn = nn.BatchNorm1d(2)
     p = nf.from_module(bn)

@@ -24,6 +24,7 @@ from torch import nn
 import nytorch_func as nf
 
 from ._harness import Case, Side, Target
+from ._merge_cases import merge_rows
 
 __all__ = ["BUILDERS", "GROUPS", "nytorch_available", "mlp", "raw_snes_step", "gc_workload"]
 
@@ -139,9 +140,11 @@ def p1() -> Built:
             b = a.randn()
             return lambda: 0.5 * a + 0.5 * b
 
+        # Informational: the operator form is three foreach passes, and three raw passes are
+        # themselves only ~8-10x nytorch (DESIGN.md: that is the floor); the target is nf.lerp's.
         cases.append(Case("P1-nytorch", "P1", "0.5*a + 0.5*b vs nytorch 1.1.0 (no autograd)",
                           Side("nf particles, detached", ours_no_grad),
-                          Side("nytorch 0.5*net1+0.5*net2", nyto), Target("min_speedup", 10)))
+                          Side("nytorch 0.5*net1+0.5*net2", nyto)))
         def ours_lerp() -> Callable[[], Any]:
             a = nf.from_module(mlp(P1_SIZES)).detach()
             b = a.randn()
@@ -394,7 +397,7 @@ def event_rows() -> Built:
     else:
         skipped["event-nytorch"] = _NO_NYTORCH
     return [Case("event", "event", "make two events (add_param + del_param)",
-                 Side("nf.add_param + nf.del_param", ours), base)], skipped
+                 Side("nf.add_param + nf.del_param", ours), base, Target("max_ratio", 0.8))], skipped
 
 
 # save / load ----------------------------------------------------------------------------------
@@ -519,5 +522,6 @@ def p7() -> Built:
 BUILDERS: dict[str, Callable[[], Built]] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "touch": touch_rows, "event": event_rows,
     "io": io_rows, "P7": p7,
+    "merge": merge_rows,
 }
-GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7")
+GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7", "merge")

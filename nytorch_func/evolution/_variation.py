@@ -1,5 +1,10 @@
 """Variation operators over populations: crossover, Gaussian mutation, the PSO velocity update.
 
+Unlike the rest of ``nytorch_func.evolution`` (PSO, SNES, soups: public API only), these are
+per-leaf kernels like ``nf.where`` and ``nf.mean``: they read each leaf's spec (operational?
+buffer policy?) and share the core's helpers for aligning operands and for reset values, so
+they import those private helpers instead of copying them.
+
 Every operator works on whole populations at once (one tensor operation per leaf, or one
 ``torch._foreach_*`` call over all leaves; no Python loop over members), draws its randomness
 from an optional ``torch.Generator`` in a documented order (the operational parameters in leaf
@@ -12,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .._errors import NytorchFuncError, SchemaError
+from .._errors import SchemaError, expect
 from .._arith import align, align_all
 from .._particle import Particle
 from .._reduce import reset_value
@@ -23,8 +28,7 @@ __all__ = ["uniform_crossover", "tensor_crossover", "gaussian_mutation", "pso_ve
 
 def _particles(what: str, **named: Any) -> None:
     for name, x in named.items():
-        if not isinstance(x, Particle):
-            raise NytorchFuncError(f"{what}: {name} must be a Particle, got {type(x).__name__}")
+        expect(x, Particle, what, f"{name} to be a Particle")
 
 
 def _prob(p: Any, what: str, name: str = "p") -> float:

@@ -61,6 +61,10 @@ class Edit:
     def steps(self) -> tuple["Edit", ...]:
         """The primitive edits this one is made of, one version each."""
         if self.kind == "replace_module":
+            if "index" in self.options:  # a Sequential/ModuleList child: back in its place
+                container = self.path.rpartition(".")[0]
+                return (Edit("del_module", self.path),
+                        Edit("insert_module", container, self.value, self.kwargs, code=self.code))
             return (Edit("del_module", self.path),
                     Edit("add_module", self.path, self.value, code=self.code))
         return (self,)
@@ -70,6 +74,8 @@ class Edit:
             for step in self.steps():
                 p = step.apply(p)
             return p
+        if self.kind == "insert_module":
+            return nf.insert_module(p, self.path, self.options["index"], self.value)
         fn = getattr(nf, self.kind)
         args = [p] + [a for a in (self.path, self.value) if a is not NO_VALUE]
         return fn(*args, **self.options)
@@ -88,9 +94,13 @@ class Edit:
         """Python lines replaying this edit on the particle named ``before``; ``after`` names
         the particle after each of :meth:`steps` (one name, or two for ``replace_module``)."""
         if self.kind == "replace_module":
-            return [f"block = {self._value_code(before)}",
-                    f"{after[0]} = nf.del_module({before}, {self.path!r})",
-                    f"{after[1]} = nf.add_module({after[0]}, {self.path!r}, block)"]
+            first, second = self.steps()
+            second = dataclasses.replace(second, code="block")
+            return ([f"block = {self._value_code(before)}"] + first.code_lines(before, after[:1])
+                    + second.code_lines(after[0], after[1:]))
+        if self.kind == "insert_module":
+            return [f"{after[0]} = nf.insert_module({before}, {self.path!r}, "
+                    f"{self.options['index']}, {self._value_code(before)})"]
         lines, args = [], [before] + ([] if self.path is NO_VALUE else [repr(self.path)])
         if self.value is not NO_VALUE:
             value = self._value_code(before)

@@ -174,25 +174,33 @@ def _replace_targets(view: View) -> list[str]:
             if schema.specs_under(m, kind=None)]
 
 
+def _replace(view: View, path: str, module: nn.Module, code: str | None) -> Edit:
+    """Delete the block at ``path`` and put ``module`` in: back in its place in a
+    Sequential/ModuleList (``nf.insert_module``), under its name elsewhere (``nf.add_module``)."""
+    parent, _, name = path.rpartition(".")
+    indexed = name.isdigit() and isinstance(view.schema.module_at(parent),
+                                            (nn.Sequential, nn.ModuleList))
+    return Edit("replace_module", path, module, (("index", int(name)),) if indexed else (),
+                code=code)
+
+
 def _draw_replace(draw: DrawFn, view: View, targets: Sequence[Any]) -> Edit:
     if view.new_modules is not None:
         module = draw(view.new_modules)
         same = [m for m in targets if type(view.schema.module_at(m)) is type(module)]
         if same:
             path = draw(st.sampled_from(same))
-            edit = Edit("replace_module", path, module, code=pretty(module) or code_value(module))
+            edit = _replace(view, path, module, pretty(module) or code_value(module))
             if view.runs(edit):
                 return edit
     path = draw(st.sampled_from(targets))
     seed = draw(seeds)
-    return Edit("replace_module", path, fresh_like(view.module.get_submodule(path), seed),
-                code=f"nft.fresh_like(nf.to_module({{p}}).get_submodule({path!r}), seed={seed})")
+    return _replace(view, path, fresh_like(view.module.get_submodule(path), seed),
+                    f"nft.fresh_like(nf.to_module({{p}}).get_submodule({path!r}), seed={seed})")
 
 
 def _probe_replace(view: View, path: str) -> Edit:
-    # Re-adding appends the block to its parent's children (as torch's add_module does), so
-    # a Sequential runs it last: whether the forward survives is a question for the probe.
-    return Edit("replace_module", path, view.module.get_submodule(path))
+    return _replace(view, path, view.module.get_submodule(path), None)
 
 
 def _probe_add(kind: str, value: Callable[[], Any]) -> Callable[[View, Any], Edit]:

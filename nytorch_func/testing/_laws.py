@@ -92,7 +92,7 @@ def _owns(r_after: nf.Particle, pop_after: nf.Particle, key: str, what: str, cod
                 f"the recipient and the population share the storage of {what}")
 
 
-def _roles(edit: Edit, k: int, after: nf.Particle, r_after: nf.Particle,
+def _roles(edit: Edit, k: int, before: nf.Particle, after: nf.Particle, r_after: nf.Particle,
            pop_after: nf.Particle) -> None:
     """The initiator/recipient rules of ``edit`` (primitive edit ``k + 1`` of the chain);
     every check comes with the assert that replays it (``p{k+1}`` and ``r{k+1}``)."""
@@ -135,10 +135,22 @@ def _roles(edit: Edit, k: int, after: nf.Particle, r_after: nf.Particle,
                   f".untyped_storage().data_ptr() != nf.touch(pop, {k + 1}){full}"
                   ".untyped_storage().data_ptr()")
     elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
-        left = [q for s in after.schema.specs for q in s.paths
-                if q == path or q.startswith(path + ".")]
-        expect(not left, f"assert not [q for q in {p}.schema.by_path if q.startswith({path!r})]",
-                f"{left} still exist after {kind}({path!r})")
+        parent, _, name = path.rpartition(".")
+        container = before.schema.module_at(parent)
+        if kind == "del_module" and name.isdigit() and isinstance(
+                container, (torch.nn.Sequential, torch.nn.ModuleList)):  # del seq[i]: renumbered
+            ids = {s.pid for s in before.schema.specs_under(path, kind="param")}
+            left = [s.key for s in after.schema.params if s.pid in ids]
+            expect(not left and len(after.schema.module_at(parent)._modules) ==
+                   len(container._modules) - 1,
+                   f"assert len(nf.to_module({p}).get_submodule({parent!r})) == "
+                   f"len(nf.to_module(p{k}).get_submodule({parent!r})) - 1",
+                   f"del_module({path!r}) left {left or 'every child'} in {parent!r}")
+        else:
+            left = [q for s in after.schema.specs for q in s.paths
+                    if q == path or q.startswith(path + ".")]
+            expect(not left, f"assert not [q for q in {p}.schema.by_path "
+                   f"if q.startswith({path!r})]", f"{left} still exist after {kind}({path!r})")
         if kind == "set_none":
             head, _, name = path.rpartition(".")
             parent = after.schema.module_at(head)
@@ -175,15 +187,17 @@ def initiator_recipient(run: Run) -> None:
         r_after = nf.touch(r_k, k + 1)
         pop_after = nf.touch(run.pop, k + 1)
         with shows(f"r{k + 1} = nf.touch(r, {k + 1})", setup=True):
-            _roles(edit, k, after, r_after, pop_after)
+            _roles(edit, k, run.steps[k], after, r_after, pop_after)
         expect(pop_after.schema is after.schema, f"assert nf.touch(pop, {k + 1}).schema is "
                 f"p{k + 1}.schema", "the population did not reach the version")
         if edit.kind in ("del_param", "del_buffer", "del_module", "set_none"):
-            for key, leaf in zip(r_k.schema.leaf_keys, r_k.leaves):
-                if key in r_after.schema.leaf_index and \
-                        r_after.schema.by_key[key].paths == r_k.schema.by_key[key].paths:
-                    expect(r_after[key] is leaf, f"assert nf.touch(r, {k + 1})[{key!r}] is "
-                            f"nf.touch(r, {k})[{key!r}]", f"deleting {edit.path!r} copied {key!r}")
+            kept = {s.pid: t for s, t in zip(r_after.schema.leaf_specs, r_after.leaves)
+                    if s.pid is not None}
+            for spec, leaf in zip(r_k.schema.leaf_specs, r_k.leaves):
+                if spec.pid in kept:  # kept, perhaps renumbered: the very same tensor
+                    expect(kept[spec.pid] is leaf, f"r{k + 1} = nf.touch(r, {k + 1})  # must "
+                           f"hold nf.touch(r, {k})[{spec.key!r}] itself",
+                           f"deleting {edit.path!r} copied {spec.key!r}")
 
 
 def old_values_kept(run: Run) -> None:
@@ -216,9 +230,9 @@ def old_values_kept(run: Run) -> None:
     versions = [run.r.schema] + versions[1:]
     t = nf.touch(run.r)
     for key, leaf in zip(run.r.schema.leaf_keys, run.r.leaves):
-        spec = run.r.schema.by_key[key]
-        if all(key in v.leaf_index and v.by_key[key].pid == spec.pid and
-               v.by_key[key].dtype == spec.dtype for v in versions):
+        spec = run.r.schema.by_path[key]
+        if all(key in v.leaf_index and v.by_path[key].pid == spec.pid and
+               v.by_path[key].dtype == spec.dtype for v in versions):
             with shows(f"assert nf.touch(r)[{key!r}] is r[{key!r}]"):
                 assert t[key] is leaf, f"{key!r} was copied although no event touched it"
 

@@ -73,7 +73,7 @@ def random_particle(source: Any, seed: int = 0) -> nf.Particle:
     schema = p.schema
     out = []
     for path, leaf in zip(paths, leaves):
-        new = _draw_like(leaf, gen, schema.by_key[path[0]].kind == "param")
+        new = _draw_like(leaf, gen, schema.by_path[path[0]].kind == "param")
         out.append(new.requires_grad_(leaf.requires_grad) if leaf.requires_grad else new)
     return optree.tree_unflatten(spec, out)
 
@@ -255,7 +255,7 @@ def assert_leaves_match_schema(p: nf.Particle) -> None:
         raise AssertionError(f"{len(p.leaves)} leaves for {len(s.leaf_specs)} leaf specs at "
                              f"version {s.version}")
     checks = [(spec, leaf, batch) for spec, leaf in zip(s.leaf_specs, p.leaves)]
-    checks += [(s.by_key[key], t, ()) for key, t in s.shared.items()]
+    checks += [(s.by_path[key], t, ()) for key, t in s.shared.items()]
     for spec, t, shape in checks:
         if not spec.matches(t, shape):
             want = f"[{'x'.join(map(str, (*shape, *spec.shape)))} {spec.dtype} {spec.device}]"

@@ -68,15 +68,25 @@ class Reference:
     """
 
     groups: list[Group]
+    indexed: set[str] = dataclasses.field(default_factory=set)  # Sequential/ModuleList paths
 
     @classmethod
     def of(cls, p: nf.Particle) -> "Reference":
         """The reference model of one particle (not a population: take ``pop[i]``)."""
         return cls([Group(set(spec.paths), spec.kind, p[spec.key].detach().clone(), spec.config,
-                          spec.policy) for spec in p.schema.specs])
+                          spec.policy) for spec in p.schema.specs],
+                   _indexed(p.schema.skeleton, ""))
 
     def copy(self) -> "Reference":
-        return Reference([dataclasses.replace(g, paths=set(g.paths)) for g in self.groups])
+        return Reference([dataclasses.replace(g, paths=set(g.paths)) for g in self.groups],
+                         set(self.indexed))
+
+    def _renumber(self, container: str, start: int, by: int) -> None:
+        """Children of ``container`` numbered ``start`` or more move by ``by`` places."""
+        shift = lambda q: _shifted(q, container, start, by)  # noqa: E731
+        for g in self.groups:
+            g.paths = {shift(q) for q in g.paths}
+        self.indexed = {shift(q) for q in self.indexed}
 
     def by_path(self) -> dict[str, Group]:
         return {path: g for g in self.groups for path in g.paths}
@@ -101,11 +111,22 @@ class Reference:
             new.groups.append(Group({path}, "buffer", edit.value.detach().clone()))
         elif kind == "add_module":
             new.groups += _module_groups(path, edit.value)
+            new.indexed |= _indexed(edit.value, path)
+        elif kind == "insert_module":  # into the Sequential/ModuleList ``path`` at ``index``
+            index = opts["index"]
+            new._renumber(path, index, 1)
+            child = f"{path}.{index}" if path else str(index)
+            new.groups += _module_groups(child, edit.value)
+            new.indexed |= _indexed(edit.value, child)
         elif kind in ("del_param", "del_buffer", "set_none", "del_module"):
             gone = _gone(path)
             for g in new.groups:
                 g.paths = {q for q in g.paths if not gone(q)}
             new.groups = [g for g in new.groups if g.paths]
+            new.indexed = {q for q in new.indexed if not gone(q)}
+            parent, _, name = path.rpartition(".")
+            if kind == "del_module" and parent in self.indexed and name.isdigit():
+                new._renumber(parent, int(name) + 1, -1)  # del seq[i]: later children move down
         elif kind == "configure":
             source = initiator.by_path()
             changes = {k: opts[k] for k in ("operational", "clone") if k in opts}
@@ -194,6 +215,24 @@ def _check_value(path: str, value: torch.Tensor, want: torch.Tensor, batch: Any,
     b = want.to(a.dtype) if computable else want
     if not torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
         raise AssertionError(f"{path!r} holds {value}, expected {want}")
+
+
+def _indexed(module: nn.Module, prefix: str) -> set[str]:
+    """Paths of the Sequential/ModuleList modules in ``module`` (rooted at ``prefix``)."""
+    return {(f"{prefix}.{sub}" if prefix else sub) if sub else prefix
+            for sub, m in module.named_modules(remove_duplicate=False)
+            if isinstance(m, (nn.Sequential, nn.ModuleList))}
+
+
+def _shifted(path: str, container: str, start: int, by: int) -> str:
+    """``path`` with its child index under ``container`` moved by ``by`` if it is >= start."""
+    head = f"{container}." if container else ""
+    if not path.startswith(head):
+        return path
+    first, dot, rest = path[len(head):].partition(".")
+    if first.isdigit() and int(first) >= start:
+        return f"{head}{int(first) + by}{dot}{rest}"
+    return path
 
 
 def _computable(dtype: torch.dtype) -> bool:
