@@ -226,7 +226,8 @@ class MigrationLaws(unittest.TestCase):
     Subclass it with ``make_model`` (your class, a ``staticmethod`` or a method) and
     ``example_input`` (a tensor, a tuple of forward arguments, or a method returning one);
     optionally ``events``, ``modules``, ``skip`` (law names, or ``"stateful_machine"``),
-    ``max_examples``, ``machine_steps`` and ``machine_checkpoints``. pytest and unittest both run it::
+    ``max_examples``, ``machine_steps`` and ``machine_checkpoints``. pytest and unittest both
+    run it::
 
         class TestMyNet(nft.MigrationLaws):
             make_model = MyNet
