@@ -41,7 +41,8 @@ def test_the_package_is_split_by_job_into_small_files():
 @given(nft.modules())
 def test_modules_are_small_real_modules(m):
     assert isinstance(m, torch.nn.Module)
-    assert sum(t.numel() for t in m.parameters()) <= 200
+    # at most four layers (max_leaves=4), the largest a 2-layer LSTM(2, 2) of 96 numbers
+    assert sum(t.numel() for t in m.parameters()) <= 4 * 96
     nf.from_module(m)  # every drawn module converts
 
 
