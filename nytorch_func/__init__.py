@@ -30,6 +30,7 @@ from ._population import (VmapFallbackWarning, from_modules, population, stack, 
 from ._reduce import mean, take, topk, where
 from ._schema import Schema, TensorSpec
 from ._species import Species
+from ._state_dict import load_state_dict, state_dict
 from ._touch import touch, touch_tree
 from ._facade import NytoModule
 from ._particle import param_ids
@@ -47,6 +48,6 @@ __all__ = [
     "grad", "value_and_grad", "widen", "deepen", "insert_module",
     "stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning",
     "mean", "take", "topk", "where",
-    "save", "load",
+    "save", "load", "state_dict", "load_state_dict",
     "NytoModule",
 ]

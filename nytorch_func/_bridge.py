@@ -16,6 +16,7 @@ from ._errors import SchemaError, expect
 from ._particle import Particle, expect_particle
 from ._schema import Schema, TensorSpec, computable, make_skeleton
 from ._species import Species
+from ._state_dict import adopt
 
 __all__ = ["from_module", "to_module", "apply", "apply_with_state", "collect"]
 
@@ -74,8 +75,14 @@ _DEFAULT_CONFIG = ParamConfig()
 _INTEGER_CONFIG = ParamConfig(operational=False)
 
 
-def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
+def from_module(module: nn.Module, *, name: str | None = None,
+                like: Particle | None = None) -> Particle:
     """A new species from ``module``, and its first particle (version 0).
+
+    With ``like=p``: no new species; the module joins ``p``'s species as a particle at its
+    newest version (the module must have exactly that structure: the same submodule classes,
+    parameter and buffer paths, shapes, dtypes, devices and ties; a SchemaError lists every
+    difference). This is how two separately built models are mixed.
 
     Works for any ``nn.Module``. The particle *views* the module's tensors (no copy): its
     leaves are the module's own parameter and buffer objects, so a later in-place change of the
@@ -91,8 +98,18 @@ def from_module(module: nn.Module, *, name: str | None = None) -> Particle:
     (['0.weight', '0.bias', '1.weight', '1.bias'], ['1.running_mean', '1.running_var', '1.num_batches_tracked'])
     >>> p.params["0.weight"] is net[0].weight
     True
+    >>> q = nf.from_module(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)), like=p)
+    >>> q.species is p.species, nf.apply(0.5 * p + 0.5 * q, torch.ones(2, 4)).shape
+    (True, torch.Size([2, 3]))
     """
     expect(module, nn.Module, "from_module", "an nn.Module")
+    if like is not None:
+        if name is not None:
+            raise SchemaError("from_module: name= names a new species; with like= the module "
+                              "joins like's species, so give one or the other")
+        hook = getattr(module, "__nytorch_module__", None)
+        plain = hook() if hook is not None else module
+        return adopt(plain, *collect(plain), like)
     hook = getattr(module, "__nytorch_particle__", None)
     if hook is not None:
         return hook()
@@ -213,7 +230,18 @@ def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     True
     """
     expect_particle(p, "apply")
+    leaves = p._leaves
+    if (leaves[0].dim() != len(p._schema.leaf_specs[0].shape)) if leaves else p._batch:
+        raise _population_refused(p, "apply")
     return _call(p, _tensors(p)[0], args, kwargs)
+
+
+def _population_refused(p: Particle, what: str) -> SchemaError:
+    """The error for a population given where one model belongs: say how to run all members."""
+    return SchemaError(
+        f"{what}: the particle is a population of batch shape {tuple(p.batch_shape)}, and "
+        f"nf.{what} runs one model. Run every member with torch.func.vmap(nf.{what}, "
+        f"in_dims=(0, None))(pop, x) or nf.vmap_apply(pop, x), or one member with pop[i]")
 
 
 def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Particle]:
@@ -239,6 +267,8 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     """
     expect_particle(p, "apply_with_state")
     s = p._schema
+    if p.batch_shape:
+        raise _population_refused(p, "apply_with_state")
     tensors, shared = _tensors(p)
     out = _call(p, tensors, args, kwargs)
     if not torch.compiler.is_compiling():

@@ -10,9 +10,9 @@ import torch
 from ._config import ParamConfig
 from ._errors import SchemaError
 from ._events import Event, Leaves, Migration, recipient_copy, record, select_by_path
-from ._schema import Schema
+from ._schema import Schema, TensorSpec
 
-__all__ = ["Configure", "ConfigureBuffer"]
+__all__ = ["Configure", "ConfigureBuffer", "ConfigureBuffers"]
 
 
 @record
@@ -71,10 +71,10 @@ BUFFER_POLICIES = ("keep", "mean", "reset")
 class ConfigureBuffer(Event):
     """Change what reductions over particles (``nf.mean``, soups, crossover) do with a buffer.
 
-    ``policy``: ``"keep"`` takes the first operand's value, ``"mean"`` averages floating-point
-    values (integer ones take the maximum), ``"reset"`` gives ``value``, the snapshot recorded
-    when the policy was set (kept in the buffer's spec as ``spec.reset``, so every later version
-    has it). Leaves are untouched: only the schema changes.
+    ``policy``: ``"mean"`` (the default) averages floating-point values (integer counters take
+    the maximum), ``"keep"`` takes the first operand's value, ``"reset"`` gives ``value``, the
+    snapshot recorded when the policy was set (kept in the buffer's spec as ``spec.reset``, so
+    every later version has it). Leaves are untouched: only the schema changes.
     """
 
     path: str
@@ -84,24 +84,60 @@ class ConfigureBuffer(Event):
 
     def apply(self, schema: Schema) -> Schema:
         spec = schema.spec(self.path, kind="buffer", what="configure_buffer")
-        if self.policy not in BUFFER_POLICIES:
-            raise SchemaError(f"configure_buffer: policy for {self.path!r} must be one of "
-                              f"{BUFFER_POLICIES}, got {self.policy!r}")
-        reset = None
-        if self.policy == "reset":
-            v = self.value
-            if not isinstance(v, torch.Tensor) or tuple(v.shape) != spec.shape or v.dtype != spec.dtype:
-                got = (f"[{'x'.join(map(str, v.shape))} {v.dtype}]" if isinstance(v, torch.Tensor)
-                       else type(v).__name__)
-                raise SchemaError(
-                    f"configure_buffer: policy 'reset' needs a value for {self.path!r} of shape "
-                    f"{spec.shape} and dtype {spec.dtype}, got {got}")
-            reset = v
-        new = dataclasses.replace(spec, policy=self.policy, reset=reset)
-        return schema.derive(replace={spec.key: new})
+        return schema.derive(replace={spec.key: _with_policy(spec, self.policy, self.value,
+                                                             self.path)})
 
     def selection(self, before: Schema, after: Schema) -> tuple[int, ...]:
         return select_by_path(before, after)
 
     def describe(self) -> str:
         return f"configure_buffer {self.path} policy={self.policy}"
+
+
+@record
+class ConfigureBuffers(Event):
+    """One policy for every buffer under a module (``path``; ``""`` is the whole model).
+
+    ``resets`` (policy ``"reset"`` only): each buffer's reset value by key, snapshots of the
+    initiator's values when the event was made. One event, one new version.
+    """
+
+    path: str
+    policy: str
+    resets: tuple[tuple[str, torch.Tensor], ...] = ()
+    kind: ClassVar[str] = "configure_buffers"
+
+    def apply(self, schema: Schema) -> Schema:
+        targets = schema.specs_under(self.path, kind="buffer")
+        if not targets:
+            raise SchemaError(f"configure_buffer: no buffers under module {self.path or '<root>'!r}"
+                              f" in version {schema.version}")
+        resets = dict(self.resets)
+        return schema.derive(replace={
+            spec.key: _with_policy(spec, self.policy, resets.get(spec.key), spec.key)
+            for spec in targets})
+
+    def selection(self, before: Schema, after: Schema) -> tuple[int, ...]:
+        return select_by_path(before, after)
+
+    def describe(self) -> str:
+        return f"configure_buffer {self.path or '<all>'} (every buffer) policy={self.policy}"
+
+
+def _with_policy(spec: TensorSpec, policy: str, value: torch.Tensor | None,
+                 path: str) -> TensorSpec:
+    """``spec`` with ``policy`` (and, for ``"reset"``, the checked reset ``value``)."""
+    if policy not in BUFFER_POLICIES:
+        raise SchemaError(f"configure_buffer: policy for {path!r} must be one of "
+                          f"{BUFFER_POLICIES}, got {policy!r}")
+    reset = None
+    if policy == "reset":
+        v = value
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != spec.shape or v.dtype != spec.dtype:
+            got = (f"[{'x'.join(map(str, v.shape))} {v.dtype}]" if isinstance(v, torch.Tensor)
+                   else type(v).__name__)
+            raise SchemaError(
+                f"configure_buffer: policy 'reset' needs a value for {path!r} of shape "
+                f"{spec.shape} and dtype {spec.dtype}, got {got}")
+        reset = v
+    return dataclasses.replace(spec, policy=policy, reset=reset)

@@ -15,7 +15,7 @@ from torch import nn
 from ._arith import at_head
 from ._bridge import collect, default_config
 from ._config import ParamConfig
-from ._config_events import Configure, ConfigureBuffer
+from ._config_events import Configure, ConfigureBuffer, ConfigureBuffers
 from ._convert import Convert, converted_dtype
 from ._errors import ArgumentTypeError, NytorchFuncError, SchemaError
 from ._events import (NO_VALUES, AddBuffer, AddModule, AddParam, DelBuffer, DelModule, DelParam,
@@ -332,40 +332,69 @@ def configure_event(q: Particle, path: str, changes: list[tuple[str, ParamConfig
 
 def configure_buffer(p: Particle, path: str, *, policy: str,
                      value: torch.Tensor | None = None) -> Particle:
-    """Set what reductions over particles do with the buffer at ``path``.
+    """Set what reductions over particles do with the buffer at ``path``, or with every buffer
+    under the module ``path`` (``""``: the whole model) at once.
 
-    ``"keep"`` (default): the first operand's value; ``"mean"``: the (weighted) average of
-    floating-point values; ``"reset"``: ``value``, by default a snapshot of the buffer's value
-    in ``p`` now (member 0 of a population), recorded in the schema.
+    ``"mean"`` (the default of every buffer): the (weighted) average of floating-point values,
+    the maximum of integer counters; ``"keep"``: the first operand's value; ``"reset"``:
+    ``value``, by default a snapshot of the buffer's value in ``p`` now (member 0 of a
+    population), recorded in the schema (with a module path, each buffer's own snapshot).
 
     >>> import torch, nytorch_func as nf
-    >>> p = nf.from_module(torch.nn.BatchNorm1d(2))
-    >>> p = nf.configure_buffer(p, "running_mean", policy="mean")
-    >>> p.schema.spec("running_mean").policy
+    >>> p = nf.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
+    >>> p.schema.spec("1.running_mean").policy
     'mean'
-    >>> p = nf.configure_buffer(p, "running_var", policy="reset")
-    >>> p.schema.spec("running_var").reset
-    tensor([1., 1.])
+    >>> p = nf.configure_buffer(p, "1.running_mean", policy="keep")
+    >>> p.schema.spec("1.running_mean").policy
+    'keep'
+    >>> p = nf.configure_buffer(p, "1", policy="reset")   # every buffer of the BatchNorm
+    >>> p.schema.spec("1.running_var").reset, p.schema.spec("1.num_batches_tracked").policy
+    (tensor([1., 1.]), 'reset')
     """
-    _path(path, "configure_buffer")
+    if not isinstance(path, str):
+        raise ArgumentTypeError(f"configure_buffer: path must be a buffer or module path ('' for "
+                                f"the whole model), got {path!r} ({type(path).__name__})")
     if value is not None and policy != "reset":
         raise SchemaError(f"configure_buffer: a value is only used with policy='reset', got "
                           f"policy={policy!r}")
 
     def build(q: Particle) -> tuple[Event, dict]:
+        s = q._schema
+        spec = s.by_path.get(path)
+        if (spec is None or spec.kind != "buffer") and (path == "" or (
+                spec is None and s.module_at(path) is not None)):
+            return _configure_module_buffers(q, path, policy, value), {}
         snap = None
         if policy == "reset":
             snap = value
             if snap is None:
-                s = q._schema
                 spec = s.spec(path, kind="buffer", what="configure_buffer")
-                i = s.leaf_index.get(spec.key)
-                snap = s.shared[spec.key] if i is None else q._leaves[i]
-                snap = snap.reshape((-1, *spec.shape))[0] if q.batch_shape else snap
+                snap = _current(q, spec)
             snap = _tensor(snap, "configure_buffer", path).detach().clone()
         return ConfigureBuffer(path, policy, snap), {}
 
     return commit(p, build, "configure_buffer")
+
+
+def _current(q: Particle, spec: object) -> torch.Tensor:
+    """The value of buffer ``spec`` in ``q`` (member 0 of a population)."""
+    s = q._schema
+    i = s.leaf_index.get(spec.key)  # type: ignore[attr-defined]
+    t = s.shared[spec.key] if i is None else q._leaves[i]  # type: ignore[attr-defined]
+    return t.reshape((-1, *spec.shape))[0] if q.batch_shape else t  # type: ignore[attr-defined]
+
+
+def _configure_module_buffers(q: Particle, path: str, policy: str,
+                              value: torch.Tensor | None) -> ConfigureBuffers:
+    if value is not None:
+        raise SchemaError(f"configure_buffer: {path or '<root>'!r} is a module; a value is for "
+                          "one buffer (with a module path each buffer's reset value is its "
+                          "current value): name the buffer, or leave value out")
+    resets = ()
+    if policy == "reset":
+        resets = tuple((spec.key, _current(q, spec).detach().clone())
+                       for spec in q._schema.specs_under(path, kind="buffer"))
+    return ConfigureBuffers(path, policy, resets)
 
 
 def to(p: Particle, dtype: torch.dtype | None = None,

@@ -12,6 +12,7 @@ import torch
 from ._arith import at_head, check_generator
 from ._bridge import apply, collect, from_module
 from ._errors import ArgumentTypeError, SchemaError, SpeciesMismatchError, expect
+from ._init import reset_members
 from ._particle import Particle, members
 
 __all__ = ["stack", "unstack", "population", "from_modules", "vmap_apply", "VmapFallbackWarning"]
@@ -55,24 +56,34 @@ def unstack(pop: Particle) -> list[Particle]:
     return list(pop)
 
 
-_INITS = ("randn", "rand", "clone", "zeros")
+_INITS = ("reset_parameters", "randn", "rand", "clone", "zeros")
 
 
-def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn", *,
+def population(source: "Particle | torch.nn.Module", n: int, init: Any = "reset_parameters", *,
                generator: torch.Generator | None = None) -> Particle:
     """``n`` particles of one species, stacked, built in one vectorised step per leaf.
 
     ``source`` is a particle or an ``nn.Module`` (a new species is made from it). ``init``:
-    ``"randn"`` / ``"rand"`` draw the operational parameters of every member from N(0, 1) /
-    U[0, 1); ``"clone"`` copies ``source`` into every member; ``"zeros"``; or a callable
-    ``init(leaf_batch, spec) -> tensor`` given the source leaf broadcast to ``(n, *shape)``.
-    Non-operational parameters and buffers are copies of the source's in every member; shared
-    (``clone=False``) parameters stay one tensor in the schema.
+
+    - ``"reset_parameters"`` (the default): every member initialised as ``n`` independently
+      constructed modules would be, by each submodule's own ``reset_parameters`` with
+      independent random draws; torch's layers are drawn for all members at once (one draw per
+      leaf), other modules' resets run member by member (see ``nytorch_func._init``);
+    - ``"randn"`` / ``"rand"``: operational parameters drawn from N(0, 1) / U[0, 1);
+    - ``"clone"``: ``source`` copied into every member; ``"zeros"``;
+    - a callable ``init(leaf_batch, spec) -> tensor`` given the source leaf broadcast to
+      ``(n, *shape)``.
+
+    ``generator`` makes the draws reproducible. Non-operational parameters (and buffers no
+    reset touches) are copies of the source's in every member; shared (``clone=False``)
+    parameters stay one tensor in the schema.
 
     >>> import torch, nytorch_func as nf
     >>> pop = nf.population(torch.nn.Linear(3, 2), 8, generator=torch.Generator().manual_seed(0))
     >>> pop.batch_shape, pop["weight"].shape
     (torch.Size([8]), torch.Size([8, 2, 3]))
+    >>> bool(pop["weight"].abs().max() <= 3 ** -0.5)   # Linear's own U(-1/sqrt(3), 1/sqrt(3))
+    True
     """
     if isinstance(source, torch.nn.Module):
         source = from_module(source)
@@ -86,6 +97,8 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "randn"
         raise SchemaError("population: the source is already a population; pass one particle")
     source = at_head(source)
     s = source._schema
+    if init == "reset_parameters":
+        return Particle._make(s, reset_members(source, n, generator), source._training, (n,))
     operational = set(s.op_index)
     leaves = []
     for i, (spec, leaf) in enumerate(zip(s.leaf_specs, source._leaves)):

@@ -6,10 +6,12 @@ over members, and honours the species' configs:
 
 - operational parameters are combined (averaged by :func:`mean`, selected by :func:`where`);
 - non-operational parameters are never varied: they keep member 0's (left operand's) value;
-- buffers follow their spec's ``policy`` (set with ``nf.configure_buffer``): ``"keep"`` gives
-  member 0's / the left operand's value, ``"mean"`` combines floating-point buffers the way the
-  parameters are combined (integer ones such as ``num_batches_tracked`` keep), and ``"reset"``
-  gives the value recorded when the policy was set.
+- buffers follow their spec's ``policy`` (set with ``nf.configure_buffer``, for one buffer or
+  every buffer under a module). The default, ``"mean"``, combines floating-point buffers the
+  way the parameters are combined (a soup of BatchNorm models averages their running
+  statistics) and gives integer counters such as ``num_batches_tracked`` their maximum (in
+  :func:`where`, selects them per member like the parameters); ``"keep"`` gives member 0's / the
+  left operand's value, and ``"reset"`` gives the value recorded when the policy was set.
 
 :func:`take` and :func:`topk` select whole members: every leaf of a chosen member comes along,
 buffers included, so no policy applies.
@@ -76,10 +78,16 @@ def _is_float(t: torch.Tensor) -> bool:
 
 
 def combined(spec: TensorSpec, t: torch.Tensor) -> bool:
-    """True when a reduction combines this leaf (operational float param, or a 'mean' buffer)."""
+    """True when a reduction averages this leaf (operational float param, or a 'mean' buffer)."""
     if spec.kind == "param":
         return spec.config.operational and _is_float(t)  # type: ignore[union-attr]
     return spec.policy == "mean" and _is_float(t)
+
+
+def counter(spec: TensorSpec, t: torch.Tensor) -> bool:
+    """True for an integer buffer of policy 'mean' (a counter): reductions take its maximum."""
+    return (spec.kind == "buffer" and spec.policy == "mean" and not _is_float(t)
+            and t.dtype != torch.bool)
 
 
 # reductions -----------------------------------------------------------------------------------
@@ -91,7 +99,9 @@ def mean(pop: Particle, weights: Any = None) -> Particle:
     it is normalised by its sum (which must not be zero), and gradients flow through it.
     Operational floating-point parameters are averaged over the first batch dimension;
     non-operational ones keep member 0's value; buffers follow their policy (module
-    docstring). ``pop`` is unchanged.
+    docstring): by default floating ones (BatchNorm running statistics) are averaged like the
+    parameters and integer counters (``num_batches_tracked``) take the maximum over the members
+    with a non-zero weight. ``pop`` is unchanged.
 
     >>> import torch, nytorch_func as nf
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -102,6 +112,10 @@ def mean(pop: Particle, weights: Any = None) -> Particle:
     >>> w = nf.mean(pop, weights=[1.0, 0.0, 3.0])
     >>> torch.allclose(w["0.bias"], (pop["0.bias"][0] + 3 * pop["0.bias"][2]) / 4)
     True
+    >>> _, trained = torch.func.vmap(nf.apply_with_state)(pop, torch.randn(3, 8, 2))
+    >>> soup = nf.mean(trained)
+    >>> torch.allclose(soup["1.running_mean"], trained["1.running_mean"].mean(0)), int(soup["1.num_batches_tracked"])
+    (True, 1)
     """
     n = members(pop, "mean")
     if n == 0:
@@ -124,6 +138,8 @@ def mean(pop: Particle, weights: Any = None) -> Particle:
     for spec, t in zip(s.leaf_specs, pop._leaves):
         if combined(spec, t):
             out.append(t.mean(0) if w is None else torch.tensordot(w.to(t.dtype), t, dims=1))
+        elif counter(spec, t):
+            out.append((t if w is None else t[w.detach() != 0]).amax(0))
         elif spec.kind == "buffer" and spec.policy == "reset":
             out.append(reset_value(spec, rest, "mean"))
         else:
@@ -207,8 +223,9 @@ def where(mask: Any, a: Particle, b: Particle) -> Particle:
 
     ``mask`` has one bool per member (shape ``(n,)``); ``a`` and ``b`` are particles of one
     species, each a population of ``n`` or a single particle (used for every member).
-    Non-operational parameters and ``"keep"`` buffers come from ``a``; ``"mean"`` buffers are
-    selected like the parameters; ``"reset"`` buffers get their reset value.
+    Non-operational parameters and ``"keep"`` buffers come from ``a``; ``"mean"`` buffers (the
+    default) are selected like the parameters, counters included, so a member keeps its own
+    statistics; ``"reset"`` buffers get their reset value.
 
     >>> import torch, nytorch_func as nf
     >>> pop = nf.population(torch.nn.Linear(2, 1), 3)
@@ -240,7 +257,7 @@ def where(mask: Any, a: Particle, b: Particle) -> Particle:
     for spec, ta, tb in zip(s.leaf_specs, a._leaves, b._leaves):
         single = ta.dim() == len(spec.shape)
         if spec.kind == "param" and spec.config.operational or (
-                spec.kind == "buffer" and spec.policy == "mean" and _is_float(ta)):
+                spec.kind == "buffer" and spec.policy == "mean"):
             out.append(torch.where(m.reshape((n,) + (1,) * len(spec.shape)), ta, tb))
         elif spec.kind == "buffer" and spec.policy == "reset":
             out.append(reset_value(spec, (n,), "where"))

@@ -48,7 +48,9 @@ class TensorSpec:
     config: ParamConfig | None = None
     state: bool = True  # buffers: per-particle state (True) or shared by the species (False)
     persistent: bool = True  # buffers: part of state_dict
-    policy: str = "keep"  # buffers: what reductions over particles do ("keep", "mean", "reset")
+    # buffers: what reductions over particles do ("mean": floating values averaged, integer
+    # counters their maximum; "keep": the first operand's; "reset": the recorded ``reset``)
+    policy: str = "mean"
     # buffers with policy "reset": the value reductions give them (recorded by configure_buffer)
     reset: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -68,7 +70,7 @@ class TensorSpec:
         if self.kind == "param":
             return f"param {self.key} [{shape} {dtype}] id={self.pid} {self.config}"
         how = "state" if self.state else "shared"
-        policy = "" if self.policy == "keep" else f" policy={self.policy}"
+        policy = "" if self.policy == "mean" else f" policy={self.policy}"
         return f"buffer {self.key} [{shape} {dtype}] {how}{policy}"
 
     @classmethod

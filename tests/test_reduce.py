@@ -66,8 +66,14 @@ def test_mean_uniform_matches_reference(name):
     assert soup.batch_shape == () and soup.species is pop.species
     for key in pop.params:
         assert torch.allclose(soup[key], pop[key].mean(0), atol=1e-6), key
-    for key in pop.buffers:  # policy "keep": member 0
-        assert torch.equal(soup[key], pop[key][0]), key
+    for key in pop.buffers:  # the default policy "mean": floats averaged, counters their maximum
+        ref = pop[key].mean(0) if pop[key].is_floating_point() else pop[key].amax(0)
+        assert torch.allclose(soup[key], ref, atol=1e-6), key
+    kept = pop
+    for key in pop.buffers:
+        kept = nf.configure_buffer(kept, key, policy="keep")
+    for key in pop.buffers:  # "keep": member 0
+        assert torch.equal(nf.mean(kept)[key], pop[key][0]), key
     assert unchanged(pop, before)
 
 
@@ -109,7 +115,8 @@ def test_mean_buffer_policies():
     soup = nf.mean(pop, weights=[1, 1, 2, 0])
     w = torch.tensor([0.25, 0.25, 0.5, 0.0])
     assert torch.allclose(soup["1.running_mean"], (w[:, None] * pop["1.running_mean"]).sum(0))
-    assert torch.equal(soup["1.num_batches_tracked"], pop["1.num_batches_tracked"][0])  # integer
+    # an integer counter: the maximum over the members with a non-zero weight
+    assert torch.equal(soup["1.num_batches_tracked"], pop["1.num_batches_tracked"][:3].amax(0))
     assert torch.equal(soup["1.running_var"], torch.ones(3))
 
 
@@ -211,8 +218,12 @@ def test_where_matches_reference(name):
     for key in a.params:
         ref = torch.stack([a[key][i] if mask[i] else b[key][i] for i in range(4)])
         assert torch.equal(out[key], ref), key
+    for key in a.buffers:  # the default "mean": selected like the parameters, counters too
+        ref = torch.stack([a[key][i] if mask[i] else b[key][i] for i in range(4)])
+        assert torch.equal(out[key], ref), key
+    kept = nf.configure_buffer(a, "", policy="keep") if a.buffers else a  # every buffer at once
     for key in a.buffers:  # "keep": left operand
-        assert torch.equal(out[key], a[key]), key
+        assert torch.equal(nf.where(mask, kept, b)[key], a[key]), key
     assert unchanged(a, before_a) and unchanged(b, before_b)
 
 

@@ -61,7 +61,7 @@ def test_per_member_grad_under_vmap(data):
 
 @pytest.mark.parametrize("make", [
     lambda: (optim.Adam(lr=0.05), lambda ps: torch.optim.Adam(ps, lr=0.05)),
-    lambda: (optim.Adam(lr=0.05, weight_decay=0.1, decoupled=True),
+    lambda: (optim.AdamW(lr=0.05, weight_decay=0.1),
              lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1)),
     lambda: (optim.Adam(lr=0.05, weight_decay=0.1), lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.1)),
     lambda: (optim.SGD(lr=0.1, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
@@ -90,7 +90,7 @@ def test_optimizer_leaves_non_operational_params_alone(data):
     opt = optim.Adam(lr=0.1)
     p2, _ = opt.step(p, nf.grad(loss_fn)(p, x, y), opt.init(p))
     assert p2["0.weight"] is p["0.weight"] and not torch.equal(p2["3.weight"], p["3.weight"])
-    with pytest.raises(nf.SchemaError, match="gradient particle"):
+    with pytest.raises(nf.ArgumentTypeError, match="gradient particle"):
         opt.step(p, {"0.weight": torch.zeros(1)}, opt.init(p))
 
 
@@ -142,7 +142,7 @@ def test_adam_state_follows_growth(data):
     assert state.m.schema is grown.schema and state.m["0.weight"] is old_m
     assert not state.m["1.weight"].any() and not state.v["1.bias"].any()
     grown, state = opt.step(grown, nf.grad(loss_fn)(grown, x, y), state)
-    assert int(state.step) == 2 and state.m["1.weight"].abs().sum() > 0
+    assert state.step == {0: 2, 1: 2, 2: 1, 3: 1} and state.m["1.weight"].abs().sum() > 0
 
 
 def test_torchopt_steps_particles_but_its_state_cannot_follow_events(data):

@@ -68,7 +68,8 @@ def run(only: Iterable[str] | None = None, *, quick: bool = False, repeats: int 
         min_time: float | None = None, progress: Any = None) -> dict[str, Any]:
     """Run the selected benchmark groups; the report as a JSON-ready dict.
 
-    ``only``: group names (``P1`` ... ``P7``, ``touch``, ``event``, ``io``); all by default.
+    ``only``: group names (``P1`` ... ``P7``, ``touch``, ``event``, ``io``, ``init``, ``adam``);
+    all by default.
     ``quick`` uses fewer, shorter samples; ``repeats`` (pairs per row) and ``min_time`` (seconds
     per sample) override either preset. ``progress(row)`` is called after each row.
     """

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", default="bench.json",
                         help="where to write the report (default: bench.json; '-' for none)")
     parser.add_argument("--only", metavar="IDS", default=None,
-                        help="comma-separated groups: P1,P2,P3,P4,P5,P6,P7,touch,event,io")
+                        help="comma-separated groups: P1,P2,P3,P4,P5,P6,P7,touch,event,io,init,adam")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved pairs per row")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

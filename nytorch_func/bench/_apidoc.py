@@ -7,7 +7,7 @@ public methods and properties.
 
 >>> from nytorch_func.bench._apidoc import render
 >>> text = render()
->>> "## `from_module(module, *, name=None)`" in text
+>>> "## `from_module(module, *, name=None, like=None)`" in text
 True
 """
 

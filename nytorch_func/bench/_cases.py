@@ -25,6 +25,7 @@ import nytorch_func as nf
 
 from ._harness import Case, Side, Target
 from ._merge_cases import merge_rows
+from ._training_cases import adam_rows, init_rows
 
 __all__ = ["BUILDERS", "GROUPS", "nytorch_available", "mlp", "raw_snes_step", "gc_workload"]
 
@@ -522,6 +523,7 @@ def p7() -> Built:
 BUILDERS: dict[str, Callable[[], Built]] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "touch": touch_rows, "event": event_rows,
     "io": io_rows, "P7": p7,
-    "merge": merge_rows,
+    "merge": merge_rows, "init": init_rows, "adam": adam_rows,
 }
-GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7", "merge")
+GROUPS = ("P1", "P2", "P3", "P4", "P5", "P6", "touch", "event", "io", "P7", "merge", "init",
+          "adam")

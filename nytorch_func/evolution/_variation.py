@@ -69,6 +69,8 @@ def _other(spec: TensorSpec, ta: torch.Tensor, tb: torch.Tensor, batch: tuple[in
         return reset_value(spec, batch, what)
     if spec.kind == "buffer" and spec.policy == "mean" and _is_float(ta):
         return _full((ta + tb) * 0.5, spec, batch)
+    if spec.kind == "buffer" and spec.policy == "mean" and ta.dtype != torch.bool:
+        return _full(torch.maximum(ta, tb), spec, batch)  # an integer counter: the larger
     return _full(ta, spec, batch)
 
 
@@ -101,8 +103,8 @@ def uniform_crossover(a: Particle, b: Particle, *, p: float = 0.5,
     every member). One ``torch.rand`` of the leaf's full shape is drawn per operational leaf, in
     leaf order, and the child takes ``b`` where it is below ``p``; so the same generator state
     with ``a`` and ``b`` swapped gives the complementary child. Non-operational parameters come
-    from ``a``; buffers follow their policy (``"keep"``: ``a``, ``"mean"``: the average of ``a``
-    and ``b``, ``"reset"``: the reset value).
+    from ``a``; buffers follow their policy (``"mean"``, the default: the average of ``a`` and
+    ``b``, the larger of two integer counters; ``"keep"``: ``a``; ``"reset"``: the reset value).
 
     >>> import torch, nytorch_func as nf
     >>> from nytorch_func import evolution as ev

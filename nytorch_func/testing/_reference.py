@@ -39,7 +39,7 @@ class Group:
     kind: str
     value: torch.Tensor
     config: nf.ParamConfig | None = None
-    policy: str = "keep"
+    policy: str = "mean"  # the default buffer policy
 
     @property
     def operational(self) -> bool:

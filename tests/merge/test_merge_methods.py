@@ -194,6 +194,7 @@ def test_buffer_policies():
     base, models = family("bn", 3)
     base = nf.configure_buffer(base, "1.running_mean", policy="mean")
     base = nf.configure_buffer(base, "1.running_var", policy="reset", value=torch.full((4,), 2.0))
+    base = nf.configure_buffer(base, "5", policy="keep")  # every buffer of module 5
     models = [nf.touch(m) for m in models]
     for got in (merge.ties(base, models, density=0.5), merge.task_arithmetic(base, models)):
         torch.testing.assert_close(got["1.running_mean"],
@@ -204,6 +205,9 @@ def test_buffer_policies():
     torch.testing.assert_close(soup["1.running_mean"],
                                (models[0]["1.running_mean"] + 3 * models[2]["1.running_mean"]) / 4)
     assert torch.equal(soup["5.running_var"], models[0]["5.running_var"])
+    plain = [nf.touch(m) for m in family("bn", 3)[1]]  # the default policy: floats averaged
+    torch.testing.assert_close(merge.linear(plain)["5.running_mean"],
+                               torch.stack([m["5.running_mean"] for m in plain]).mean(0))
 
 
 def test_list_and_population_give_the_same_merge_and_result_runs():
