@@ -40,6 +40,7 @@ class Group:
     value: torch.Tensor
     config: nf.ParamConfig | None = None
     policy: str = "mean"  # the default buffer policy
+    pid: int | None = None  # a parameter's id when the model was made; None: added since
 
     @property
     def operational(self) -> bool:
@@ -69,17 +70,19 @@ class Reference:
 
     groups: list[Group]
     indexed: set[str] = dataclasses.field(default_factory=set)  # Sequential/ModuleList paths
+    old_ids: frozenset[int] = frozenset()  # every parameter id the model started with
 
     @classmethod
     def of(cls, p: nf.Particle) -> "Reference":
         """The reference model of one particle (not a population: take ``pop[i]``)."""
         return cls([Group(set(spec.paths), spec.kind, p[spec.key].detach().clone(), spec.config,
-                          spec.policy) for spec in p.schema.specs],
-                   _indexed(p.schema.skeleton, ""))
+                          spec.policy, spec.pid) for spec in p.schema.specs],
+                   _indexed(p.schema.skeleton, ""),
+                   frozenset(s.pid for s in p.schema.specs if s.pid is not None))
 
     def copy(self) -> "Reference":
         return Reference([dataclasses.replace(g, paths=set(g.paths)) for g in self.groups],
-                         set(self.indexed))
+                         set(self.indexed), self.old_ids)
 
     def _renumber(self, container: str, start: int, by: int) -> None:
         """Children of ``container`` numbered ``start`` or more move by ``by`` places."""
@@ -178,8 +181,9 @@ class Reference:
 
     # checking ---------------------------------------------------------------------------------
     def check(self, p: nf.Particle, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
-        """Assert that ``nf.touch(p)`` holds exactly this model's paths, ties, configs, policies
-        and values (to ``rtol``/``atol``, widened to torch's defaults for 16-bit dtypes)."""
+        """Assert that ``nf.touch(p)`` holds exactly this model's paths, ties, parameter ids
+        (kept through renames and renumbering, new ones never reused), configs, policies and
+        values (to ``rtol``/``atol``, widened to torch's defaults for 16-bit dtypes)."""
         q = nf.touch(p)
         expected = self.by_path()
         got = set(q.schema.by_path)
@@ -193,6 +197,10 @@ class Reference:
             if set(spec.paths) != g.paths:
                 raise AssertionError(f"{path!r} is tied to {spec.paths}, expected "
                                      f"{sorted(g.paths)}")
+            if g.kind == "param" and (spec.pid != g.pid if g.pid is not None
+                                      else spec.pid in self.old_ids):
+                raise AssertionError(f"{path!r} has id {spec.pid}, expected "
+                                     f"{g.pid if g.pid is not None else 'a new one'}")
             if g.kind == "param" and spec.config != g.config:
                 raise AssertionError(f"config of {path!r} is {spec.config}, expected {g.config}")
             if g.kind == "buffer" and spec.policy != g.policy:
