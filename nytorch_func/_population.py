@@ -189,6 +189,8 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
     def one(p: Particle, *xs: Any) -> Any:
         return apply(p, *xs, **kwargs)
 
+    if not pop._leaves:  # nothing to map over (every tensor shared): the members one by one
+        return _loop(one, pop, args, dims)
     mapped = one
     for _ in batch:
         mapped = torch.func.vmap(mapped, in_dims=(0, *dims))

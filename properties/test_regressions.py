@@ -1,6 +1,7 @@
 """Failing examples the property suite found, kept as explicit tests.
 
-Each was a core bug (kept as a strict xfail until fixed); now each guards its fix.
+Each was a core bug, kept as a strict xfail until fixed (the reason names it); then it guards
+the fix.
 """
 
 from __future__ import annotations
@@ -48,3 +49,54 @@ def test_particle_arithmetic_under_vmap():
     pop = nf.population(torch.nn.Linear(2, 1), 3)
     out = torch.func.vmap(lambda p: 2 * p)(pop)
     assert torch.equal(out["weight"], 2 * pop["weight"])
+
+
+# found by the migration law suite (nytorch_func.testing.check_migration_laws) ------------------
+
+def _lstm_particle():
+    return nf.from_module(torch.nn.LSTM(2, 3))
+
+
+def test_lstm_forward_leaves_the_skeleton_alone():
+    """Was: functional_call swapped the particle's tensors into the shared skeleton through
+    nn.LSTM.__setattr__, which rebuilt _flat_weights, and restoring left the particle's real
+    tensors there (law 'apply_pure'); fixed on main with pure forward passes."""
+    p = _lstm_particle()
+    before = [id(t) for t in p.schema.skeleton._flat_weights]
+    nf.apply(p, torch.randn(4, 2))
+    assert [id(t) for t in p.schema.skeleton._flat_weights] == before
+    assert all(t.is_meta for t in p.schema.skeleton._flat_weights)
+
+
+def test_save_after_an_lstm_forward(tmp_path):
+    """Was (same cause): after one nf.apply of an nn.LSTM particle, nf.save refused the
+    species' '_flat_weights[0]' (law 'checkpoint_round_trip')."""
+    p = _lstm_particle()
+    nf.apply(p, torch.randn(4, 2))
+    nf.save(tmp_path / "lstm.safetensors", p)
+    assert nf.load(tmp_path / "lstm.safetensors").version == 0
+
+
+def test_vmap_apply_of_an_all_shared_population():
+    p = nf.configure(nf.from_module(torch.nn.Linear(2, 1)), "", operational=False, clone=False)
+    pop = nf.population(p, 3)
+    x = torch.randn(4, 2)
+    out = nf.vmap_apply(pop, x)
+    assert torch.equal(out, torch.stack([nf.apply(p, x)] * 3))
+
+
+def test_save_a_population_touched_over_an_added_scalar(tmp_path):
+    p = nf.from_module(torch.nn.Linear(1, 1))
+    pop = nf.stack([p])
+    nf.add_param(p, "gain", torch.nn.Parameter(torch.zeros(())))
+    pop = nf.touch(pop)
+    nf.save(tmp_path / "pop.safetensors", pop)
+    assert torch.equal(nf.load(tmp_path / "pop.safetensors")["gain"], pop["gain"])
+
+
+@pytest.mark.parametrize("event", ["del_param", "set_none"])
+def test_save_after_removing_an_lstm_weight(tmp_path, event):
+    p = getattr(nf, event)(nf.from_module(torch.nn.Sequential(torch.nn.LSTM(1, 1))),
+                           "0.weight_hh_l0")
+    nf.save(tmp_path / "lstm.safetensors", p)
+    assert nf.load(tmp_path / "lstm.safetensors").version == 1

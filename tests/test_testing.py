@@ -1,50 +1,119 @@
-"""Unit tests of nytorch_func.testing: the strategies produce what they promise."""
+"""Unit tests of nytorch_func.testing's strategies: they produce what they promise."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import find, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, find, given, settings, strategies as st
+from torch import nn
 
 import nytorch_func as nf
 import nytorch_func.testing as nft
 
+# find() without shrinking: these tests need an example, not the smallest one
+FIRST = settings(database=None, max_examples=300, phases=(Phase.generate,),
+                 suppress_health_check=list(HealthCheck))
 
-def test_all_is_exactly_the_public_names():
-    assert set(nft.__all__) == {
-        "modules", "runnable_modules", "particles", "populations", "events", "event_chains",
-        "invalid_events", "Recipe", "Edit", "EVENT_KINDS", "build_module", "random_particle",
-        "random_population", "tensors_of", "assert_same_values"}
+PUBLIC_BEFORE_THE_SPLIT = {
+    "modules", "runnable_modules", "particles", "populations", "events", "event_chains",
+    "invalid_events", "Recipe", "Edit", "EVENT_KINDS", "build_module", "random_particle",
+    "random_population", "tensors_of", "assert_same_values"}
+
+
+def test_every_public_name_of_the_module_is_still_there():
+    assert PUBLIC_BEFORE_THE_SPLIT <= set(nft.__all__)
     assert all(hasattr(nft, name) for name in nft.__all__)
+    assert set(nft.__all__) == PUBLIC_BEFORE_THE_SPLIT | {
+        "fresh_like", "Mode", "Tag", "assert_leaves_match_schema", "seeded_param",
+        "seeded_buffer", "NO_VALUE", "EventKind", "KINDS", "FORWARD_KINDS",
+        "check_migration_laws", "MigrationLaws", "MigrationLawError", "LAWS", "Case",
+        "stateful_machine", "Reference"}
+
+
+def test_the_package_is_split_by_job_into_small_files():
+    import pathlib
+
+    root = pathlib.Path(nft.__file__).parent
+    sizes = {f.name: len(f.read_text().splitlines()) for f in root.glob("*.py")}
+    assert len(sizes) >= 8 and max(sizes.values()) <= 500, sizes
 
 
 @given(nft.modules())
 def test_modules_are_small_real_modules(m):
     assert isinstance(m, torch.nn.Module)
-    assert sum(t.numel() for t in m.parameters()) <= 200
+    # at most four layers (max_leaves=4), the largest a 2-layer LSTM(2, 2) of 96 numbers
+    assert sum(t.numel() for t in m.parameters()) <= 4 * 96
     nf.from_module(m)  # every drawn module converts
 
 
 def test_modules_shrink_to_one_small_layer():
     m = find(nft.modules(), lambda m: any(True for _ in m.parameters()),
-             settings=settings(database=None, max_examples=200, derandomize=True))
+             settings=settings(database=None, max_examples=100, derandomize=True))
     assert not list(m.children()), f"did not shrink to one layer: {m}"
     assert sum(t.numel() for t in m.parameters()) <= 2, f"did not shrink to a small layer: {m}"
 
 
-def test_modules_can_be_tied_and_carry_buffers():
+def test_modules_can_be_tied_carry_buffers_and_plain_attributes():
     tied = find(nft.modules(), lambda m: len(list(m.named_parameters(remove_duplicate=False)))
-                > len(list(m.parameters())), settings=settings(database=None, max_examples=500))
-    assert nf.from_module(tied).schema.params[0].paths  # converts with tied aliases
+                > len(list(m.parameters())), settings=FIRST)
+    assert nf.from_module(tied).schema.params[0].paths
     extra = find(nft.modules(), lambda m: any("extra_buf" in n for n, _ in m.named_buffers()),
-                 settings=settings(database=None, max_examples=500))
+                 settings=FIRST)
     assert any("extra_buf" in k for k in nf.from_module(extra).buffers)
+    for wanted in (nft.Mode, nft.Tag, type(torch.tanh)):
+        m = find(nft.modules(), lambda m: any(isinstance(v, wanted) for mod in m.modules()
+                                              for k, v in vars(mod).items()
+                                              if k.startswith("nft_")), settings=FIRST)
+        p = nf.from_module(m)  # converts, the attribute kept on the skeleton
+        assert any(isinstance(v, wanted) for mod in p.schema.skeleton.modules()
+                   for k, v in vars(mod).items() if k.startswith("nft_"))
+    assert find(nft.modules(attributes=False), lambda m: True, settings=FIRST)
+
+
+def test_recipe_shows_its_attributes_and_code_rebuilds_it():
+    from nytorch_func.testing._recipes import recipe_code
+
+    r = nft.Recipe(("Linear", (2, 1), ()), attrs=(("", "nft_mode", nft.Mode.TIMES),))
+    assert repr(r) == "Recipe(Linear(2, 1), attr nft_mode=Mode.TIMES)"
+    assert nft.build_module(r).nft_mode is nft.Mode.TIMES
+    plain = nft.Recipe(("Sequential", (("Linear", (2, 2), ()), ("Linear", (2, 2), ()))),
+                       ties=(("1.weight", "0.weight"),))
+    again = eval(recipe_code(plain, seed=3), {"nft": nft})
+    want = nft.build_module(plain, seed=3)
+    assert again[1].weight is again[0].weight
+    assert torch.equal(again[0].weight, want[0].weight)
 
 
 @given(nft.particles())
 def test_particles_are_random_and_reproducible(p):
     assert nft.tensors_of(p)
     nft.assert_same_values(nft.random_particle(p, 3), nft.random_particle(p, 3))
+    nft.assert_leaves_match_schema(p)
+
+
+def test_random_particle_follows_a_converted_species():
+    p = nf.to(nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))),
+              dtype=torch.bfloat16)
+    q = nft.random_particle(p, seed=4)
+    nft.assert_leaves_match_schema(q)
+    assert q["0.weight"].dtype == torch.bfloat16 and q["1.num_batches_tracked"].dtype == torch.int64
+
+
+def test_assert_leaves_match_schema_names_the_leaf():
+    p = nf.from_module(nn.Linear(2, 1))
+    bad = nf.Particle(p.schema, tuple(t.double() for t in p.leaves))
+    with pytest.raises(AssertionError, match="leaf 'weight' is .*float64.*says.*float32"):
+        nft.assert_leaves_match_schema(bad)
+
+
+def test_fresh_like_keeps_the_class_and_ties_and_draws_new_values():
+    m = nn.Sequential(nn.Embedding(3, 2), nn.Linear(2, 3))
+    m[1].weight = m[0].weight
+    new = nft.fresh_like(m, seed=1)
+    assert type(new) is nn.Sequential and new[1].weight is new[0].weight
+    assert not torch.equal(new[0].weight, m[0].weight)
+    with pytest.raises(nf.ArgumentTypeError):
+        nft.fresh_like(torch.zeros(2))
 
 
 @given(st.data())
@@ -76,25 +145,32 @@ def test_invalid_events_all_fail(data):
 
 def test_every_event_kind_is_drawn():
     p = nf.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
-    for kind in nft.EVENT_KINDS:
-        edit = find(nft.events(p), lambda e: e.kind == kind,
-                    settings=settings(database=None, max_examples=300))
+    for kind in nft.KINDS:
+        edit = find(nft.events(p, kinds=tuple(nft.KINDS)), lambda e: e.kind == kind,
+                    settings=FIRST)
         assert edit.kind == kind
 
 
 def test_populations_have_members():
-    pop = find(nft.populations(min_size=2, max_size=3), lambda pop: True,
-               settings=settings(database=None))
-    assert len(pop) == 2
+    @settings(max_examples=5, database=None)
+    @given(nft.populations(min_size=2, max_size=3))
+    def check(pop):
+        assert 2 <= len(pop) <= 3
+
+    check()
 
 
 def test_wrong_arguments_are_typed_errors():
-    with pytest.raises(nf.NytorchFuncError):
+    p = nf.from_module(torch.nn.Linear(1, 1))
+    with pytest.raises(nf.ArgumentTypeError):
         nft.events(3)
-    with pytest.raises(nf.NytorchFuncError):
-        nft.events(nf.from_module(torch.nn.Linear(1, 1)), kinds=("explode",))
-    with pytest.raises(nf.NytorchFuncError):
-        nft.event_chains(nf.from_module(torch.nn.Linear(1, 1)), n=1, min_size=2)
+    with pytest.raises(nf.SchemaError, match="unknown event kind 'explode'"):
+        nft.events(p, kinds=("explode",))
+    with pytest.raises(nf.ArgumentTypeError):
+        nft.events(p, kinds="configure")
+    with pytest.raises(nf.SchemaError):
+        nft.event_chains(p, n=1, min_size=2)
     with pytest.raises(AssertionError, match="differ at 'weight'"):
-        p = nf.from_module(torch.nn.Linear(1, 1))
         nft.assert_same_values(p, p + 1)
+    with pytest.raises(nf.ArgumentTypeError):
+        nft.random_particle("not a model")
