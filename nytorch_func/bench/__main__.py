@@ -10,6 +10,8 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import GROUPS, format_markdown, format_table, run
+
     parser = argparse.ArgumentParser(
         prog="python -m nytorch_func.bench",
         description="nytorch_func benchmarks: each row is a ratio against a baseline timed in the "
@@ -18,15 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", default="bench.json",
                         help="where to write the report (default: bench.json; '-' for none)")
     parser.add_argument("--only", metavar="IDS", default=None,
-                        help="comma-separated groups: P1,P2,P3,P4,P5,P6,P7,touch,event,io,init,adam")
+                        help=f"comma-separated groups: {','.join(GROUPS)}")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved pairs per row")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    from . import format_markdown, format_table, run
-
     only = None if args.only is None else [s for s in args.only.split(",") if s.strip()]
 
     def progress(row: dict) -> None:
