@@ -173,6 +173,10 @@ class Schema:
         an old key to its new spec (which may have a new key, when the canonical path of a
         tied tensor is deleted). Added specs go last, in order.
         """
+        if not replace and not drop and len(add) == 1:  # the common event: one new tensor
+            return self._plus(add[0], skeleton, shared, next_pid)
+        if not replace and not add and len(drop) == 1:  # and its inverse
+            return self._minus(next(iter(drop)), skeleton, shared)
         replace = replace or {}
         by_path: Mapping[str, TensorSpec] = self.by_path
         renamed = any(new.paths != by_path[key].paths for key, new in replace.items())
@@ -235,6 +239,55 @@ class Schema:
                   self.shared if shared is None else MappingProxyType(dict(shared)),
                   self.next_pid if next_pid is None else next_pid, by_path, leaf_specs,
                   leaf_keys, index, op)
+        return new
+
+    def _plus(self, spec: TensorSpec, skeleton: nn.Module | None,
+              shared: Mapping[str, torch.Tensor] | None, next_pid: int | None) -> "Schema":
+        """:meth:`derive` adding one spec: every index grows by at most one entry."""
+        by_path = self.by_path.copy()
+        for p in spec.paths:
+            if p in by_path:
+                raise SchemaError(f"schema: {spec.key!r} already exists in version "
+                                  f"{self.version}")
+            by_path[p] = spec
+        leaf_specs, leaf_keys, index, op = (self.leaf_specs, self.leaf_keys, self.leaf_index,
+                                            self.op_index)
+        if spec.leaf:
+            n = len(leaf_specs)
+            index = index.copy()
+            index[spec.key] = n  # type: ignore[index]
+            leaf_specs, leaf_keys = leaf_specs + (spec,), leaf_keys + (spec.key,)
+            if _computed(spec):
+                op = op + (n,)
+        new = Schema.__new__(Schema)
+        new._fill(self.species, self.version + 1,
+                  self.skeleton if skeleton is None else skeleton, self.specs + (spec,),
+                  self.shared if shared is None else MappingProxyType(dict(shared)),
+                  self.next_pid if next_pid is None else next_pid, by_path, leaf_specs,
+                  leaf_keys, index, op)
+        return new
+
+    def _minus(self, key: str, skeleton: nn.Module | None,
+               shared: Mapping[str, torch.Tensor] | None) -> "Schema":
+        """:meth:`derive` dropping one spec: the leaves after it shift down by one."""
+        by_path = self.by_path.copy()
+        gone = by_path[key]
+        for p in gone.paths:
+            del by_path[p]
+        specs = tuple([s for s in self.specs if s is not gone])
+        leaf_specs, leaf_keys, index, op = (self.leaf_specs, self.leaf_keys, self.leaf_index,
+                                            self.op_index)
+        j = index.get(key)
+        if j is not None:
+            leaf_specs = leaf_specs[:j] + leaf_specs[j + 1:]
+            leaf_keys = leaf_keys[:j] + leaf_keys[j + 1:]
+            index = dict(zip(leaf_keys, range(len(leaf_keys))))
+            op = tuple([i if i < j else i - 1 for i in op if i != j])
+        new = Schema.__new__(Schema)
+        new._fill(self.species, self.version + 1,
+                  self.skeleton if skeleton is None else skeleton, specs,
+                  self.shared if shared is None else MappingProxyType(dict(shared)),
+                  self.next_pid, by_path, leaf_specs, leaf_keys, index, op)
         return new
 
     def __setattr__(self, name: str, value: object) -> None:
