@@ -31,7 +31,8 @@ def main() -> None:
     pop = nf.population(p, 3, init="randn", generator=torch.Generator().manual_seed(1))
     x = torch.randn(8, 4, dtype=D, generator=torch.Generator().manual_seed(2))
     pop = nf.stack([nf.apply_with_state(m.train(), x * (i + 1))[1] for i, m in enumerate(pop)])
-    before = torch.stack([nf.apply(m.eval(), x) for m in pop])
+    with torch.no_grad():
+        before = torch.stack([nf.apply(m.eval(), x) for m in pop])
     rep = nfd.Replica(p)
     if rank == 1:  # only this rank knows the random choices: they must travel in the events
         g = torch.Generator().manual_seed(1234)
@@ -42,13 +43,18 @@ def main() -> None:
         p = nf.del_module(q, "5")
     p = rep.sync(p)
     grown = nf.touch(pop).eval()
-    after = torch.stack([nf.apply(m, x) for m in grown])
+    with torch.no_grad():
+        after = torch.stack([nf.apply(m, x) for m in grown])
     crc = 0
     for leaf in grown.leaves:
         crc = zlib.crc32(leaf.detach().contiguous().numpy().tobytes(), crc)
     print(json.dumps({"rank": rank, "version": p.version, "crc": crc,
                       "preserved": float((after - before).abs().max()),
-                      "shapes": [list(t.shape) for t in grown.leaves]}))
+                      "shapes": [list(t.shape) for t in grown.leaves]}), flush=True)
+    # Leave together: a rank that exits while gloo still has the group open can abort
+    # ("terminate called without an active exception", CI run of 2026-12-01).
+    nfd.barrier()
+    nfd.shutdown()
 
 
 if __name__ == "__main__":
