@@ -118,6 +118,10 @@ def _widen_event(schema: Schema, layer: str, consumers: tuple[str, ...], by: int
                  generator: torch.Generator | None) -> Resize:
     what = "widen"
     m = _module(schema, layer, (nn.Linear, *_CONV), what, "layer")
+    weight = schema.by_path.get(f"{layer}.weight")
+    if weight is None:
+        raise SchemaError(f"{what}: the layer {layer!r} has no weight (it was deleted or set to "
+                          "None); widen grows a layer's weight rows, so give it a weight first")
     n = m.out_features if isinstance(m, nn.Linear) else m.out_channels
     width = n + by
     norms = [(path, _module(schema, path, _NORMS, what, "normalisation layer"))
@@ -150,7 +154,8 @@ def _widen_event(schema: Schema, layer: str, consumers: tuple[str, ...], by: int
     tensors: list[tuple] = []
     attrs: list[tuple] = []
     # the layer: rows (output units) replicated, or fresh rows for method="zeros"
-    fresh = _fresh_rows(m, by, generator) if method == "zeros" else {}
+    fresh = _fresh_rows(weight.shape, f"{layer}.bias" in schema.by_path, by, generator) \
+        if method == "zeros" else {}
     for name in ("weight", "bias"):
         _rows(schema, layer, name, index, origin, width, fresh.get(name), tensors)
     attrs.append((layer, "out_features" if isinstance(m, nn.Linear) else "out_channels", width))
@@ -255,15 +260,16 @@ def _per_channel(index: torch.Tensor, origin: torch.Tensor, scale: torch.Tensor 
             None if scale is None else scale.repeat_interleave(per))
 
 
-def _fresh_rows(m: nn.Module, by: int, generator: torch.Generator | None) -> dict:
-    """New rows for ``by`` units drawn as the layer's own ``reset_parameters`` would."""
-    weight = m.weight
-    fan_in = math.prod(weight.shape[1:])
+def _fresh_rows(weight: tuple[int, ...], bias: bool, by: int,
+                generator: torch.Generator | None) -> dict:
+    """New rows for ``by`` units drawn as the layer's own ``reset_parameters`` would (a weight
+    of shape ``weight``, a bias if ``bias``)."""
+    fan_in = math.prod(weight[1:])
     bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0  # kaiming_uniform(a=sqrt(5)) and bias
-    shape = (by, *weight.shape[1:])
+    shape = (by, *weight[1:])
     out = {"weight": (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1)
            * bound}
-    if getattr(m, "bias", None) is not None:
+    if bias:
         out["bias"] = (torch.rand((by,), generator=generator, dtype=torch.float64) * 2 - 1) * bound
     return out
 
@@ -401,9 +407,19 @@ def deepen(p: Particle, after: str, *, activation: "nn.Module | type | None" = N
     return commit(p, build, "deepen")
 
 
+# Modules that change the features of a Linear's output or the channels of a Conv's (by
+# reshaping), and those that change a Linear's features only (they act on the last dim)
+_RESHAPE = (nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle)
+_SPATIAL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+            nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+            nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d,
+            nn.LPPool2d, nn.Upsample, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+
+
 def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Module:
     """An identity ``Linear``/``Conv`` as wide as the last one among children ``0..at``."""
     parent = q._schema.module_at(container)
+    between: list[nn.Module] = []
     for i in range(at, -1, -1):
         m = parent._modules[str(i)]
         if isinstance(m, nn.Sequential):
@@ -411,11 +427,22 @@ def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Modu
                               "inside it instead")
         if isinstance(m, (nn.Linear, *_CONV)):
             break
+        between.append(m)
     else:
         raise SchemaError(f"deepen: there is no Linear or Conv at or before {after!r} to take "
                           "the width from")
     where = f"{container}.{i}" if container else str(i)
-    spec = q._schema.by_path[f"{where}.weight"]
+    changes = _RESHAPE + (_SPATIAL if isinstance(m, nn.Linear) else ())
+    for b in between:
+        if isinstance(b, changes):
+            raise SchemaError(f"deepen: a {type(b).__name__} comes between the "
+                              f"{type(m).__name__} {where!r} and {after!r} and changes the "
+                              f"width {where!r} gives, so no identity layer fits after "
+                              f"{after!r}; deepen before the {type(b).__name__}")
+    spec = q._schema.by_path.get(f"{where}.weight")
+    if spec is None:
+        raise SchemaError(f"deepen: the {type(m).__name__} {where!r} has no weight (it was "
+                          "deleted or set to None) to take the width and dtype from")
     dtype, device = spec.dtype, spec.device
     with torch.no_grad():
         if isinstance(m, nn.Linear):

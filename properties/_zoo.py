@@ -1,5 +1,6 @@
-"""The four user-style models the law suite runs on: an MLP, Conv+BatchNorm, an LSTM tagger and
-a residual-block model. Plain ``nn.Module`` classes, as a user would write them."""
+"""The user-style models the law suite runs on: an MLP, Conv+BatchNorm, an LSTM tagger, a
+residual-block model and a conv net in one Sequential (where every growth event has a place).
+Plain ``nn.Module`` classes, as a user would write them."""
 
 from __future__ import annotations
 
@@ -74,9 +75,25 @@ class ResNet(nn.Module):
         return self.head(h)
 
 
+class ConvStack(nn.Module):
+    """A conv net in one Sequential, where every growth event has a place: Conv2d + BatchNorm2d,
+    Conv2d + GroupNorm, pooling, a flatten, a Linear + LayerNorm, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+            nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(4 * 2 * 2, 3), nn.LayerNorm(3), nn.Tanh(), nn.Linear(3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {"MLP": torch.randn(5, 3, generator=gen),
             "ConvBN": torch.randn(4, 2, 5, 5, generator=gen),
             "Tagger": torch.randint(0, 10, (2, 6), generator=gen),
-            "ResNet": torch.randn(5, 3, generator=gen)}
+            "ResNet": torch.randn(5, 3, generator=gen),
+            "ConvStack": torch.randn(4, 2, 5, 5, generator=gen)}

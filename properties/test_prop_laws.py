@@ -1,7 +1,11 @@
-"""The migration law suite on four user-style models, as a user runs it on their own class.
+"""The migration law suite on the zoo's user-style models, as a user runs it on their own class.
 
-Under the "ci" profile the MLP gets the full 200 examples per law; the other three run fewer, so
+Under the "ci" profile the MLP gets the full 200 examples per law; the others run fewer, so
 that properties/ stays within its share of the CI budget (docs/testing.md has the timings).
+The default kinds include growth (widen, deepen, insert_module) wherever the model's shapes
+allow it: the MLP's Sequential, the ResNet's ModuleList (identities and the user's own blocks),
+ConvBN's conv -> bn -> head through ``nft.widen_at`` (its own forward wires them), and ConvStack,
+a Sequential with BatchNorm, GroupNorm, pooling, a flatten and a LayerNorm.
 Laws that a known core bug breaks for one model are skipped there, each with a strict xfail in
 test_regressions.py that names it.
 """
@@ -12,7 +16,7 @@ from hypothesis import find, settings, strategies as st
 
 import nytorch_func.testing as nft
 
-from _zoo import MLP, Block, ConvBN, ResNet, Tagger, inputs
+from _zoo import MLP, Block, ConvBN, ConvStack, ResNet, Tagger, inputs
 
 X = inputs()
 
@@ -25,12 +29,25 @@ def test_mlp_laws():
     nft.check_migration_laws(MLP, X["MLP"])
 
 
+# ConvBN's forward wires conv -> bn -> relu -> spatial mean -> head: a site the user vouches for
+CONV_BN_KINDS = (*nft.FORWARD_KINDS, nft.widen_at("conv", "head", between="bn"))
+
+
 def test_conv_batchnorm_laws():
-    nft.check_migration_laws(ConvBN, X["ConvBN"], max_examples=_examples(50))
+    nft.check_migration_laws(ConvBN, X["ConvBN"], max_examples=_examples(50),
+                             events=CONV_BN_KINDS)
 
 
 def test_conv_batchnorm_laws_in_eval_mode():
-    nft.check_migration_laws(lambda: ConvBN().eval(), X["ConvBN"], max_examples=_examples(20))
+    nft.check_migration_laws(lambda: ConvBN().eval(), X["ConvBN"], max_examples=_examples(20),
+                             events=CONV_BN_KINDS)
+
+
+def test_conv_stack_growth_laws():
+    """Growth chains (with block replacement, dtype changes and set_none in between) on a
+    Sequential conv net: every law, each member's function kept by every growth event."""
+    nft.check_migration_laws(ConvStack, X["ConvStack"], max_examples=_examples(40),
+                             events=(*nft.GROWTH_KINDS, "replace_module", "to", "set_none"))
 
 
 def test_lstm_tagger_laws():
@@ -68,7 +85,7 @@ def test_every_forward_kind_applies_somewhere_in_the_zoo():
     """The models really exercise what the suite draws (guards against a kind never applying)."""
     import nytorch_func as nf
 
-    zoo = [(nf.from_module(cls()), X[cls.__name__]) for cls in (ResNet, ConvBN)]
+    zoo = [(nf.from_module(cls()), X[cls.__name__]) for cls in (ResNet, ConvBN, MLP, ConvStack)]
     for kind in nft.FORWARD_KINDS:
         found = []
         for p, x in zoo:
@@ -81,4 +98,5 @@ def test_every_forward_kind_applies_somewhere_in_the_zoo():
             q = edit.apply(p)
             dtype = q.schema.params[0].dtype
             nf.apply(q, x.to(dtype) if x.is_floating_point() else x)  # the forward survives it
+            break  # one model is enough
         assert found, f"no zoo model can draw {kind!r}"

@@ -14,6 +14,7 @@ from hypothesis import given, strategies as st
 
 import nytorch_func as nf
 import nytorch_func.testing as nft
+from nytorch_func.testing._view import View
 
 from _model import Model, apply_chain
 
@@ -86,14 +87,16 @@ def test_untouched_leaves_keep_their_objects(data):
     t = nf.touch(r)
     # deleting a Sequential/ModuleList child renumbers the later ones: a key may then name a
     # moved buffer (buffers have no id to tell them apart)
-    renumbered = any(v.event is not None and v.event.kind == "del_child" for v in versions)
+    renumbered = any(v.event is not None and v.event.kind in ("del_child", "insert_module")
+                     for v in versions)
     for key, leaf in zip(r.schema.leaf_keys, r.leaves):
         spec = r.schema.by_path[key]
         if spec.pid is None and renumbered:
             continue
         # a leaf that stayed a leaf under the same key in every version was never re-created
         if all(key in v.leaf_index and v.by_path[key].pid == spec.pid and
-               v.by_path[key].dtype == spec.dtype for v in versions):
+               v.by_path[key].dtype == spec.dtype and v.by_path[key].shape == spec.shape
+               for v in versions):
             assert t[key] is leaf, f"{key!r} was copied although no event touched it"
 
 
@@ -107,8 +110,10 @@ def test_param_ids_are_stable(data):
     # a kept parameter keeps its id through renames and renumbering (del seq[i]), which the
     # reference model follows by identity; a new one never takes an old id
     model, initiator = Model.of(r), Model.of(p)
-    for edit in chain:
-        model, initiator = model.event(edit, initiator=initiator), initiator.event(edit)
+    for edit, (a, b) in zip(chain, zip([p, *steps], steps)):
+        schemas = (a.schema, b.schema)  # growth: the model reads the recorded maps
+        model, initiator = (model.event(edit, initiator=initiator, schemas=schemas),
+                            initiator.event(edit, schemas=schemas))
     model.check(r)
     for path, pid in ids.items():
         if pid not in ids0.values():
@@ -127,11 +132,12 @@ def test_chains_match_the_model(data):
     members = [Model.of(m) for m in nf.unstack(pop)]
     mp, mr = Model.of(p), Model.of(r)
     for edit in chain:
-        new_mp = mp.event(edit)
-        mr = mr.event(edit, initiator=mp)
-        members = [m.event(edit, initiator=mp) for m in members]
-        mp = new_mp
-        p = edit.apply(p)
+        q = edit.apply(p)
+        schemas = (p.schema, q.schema)
+        new_mp = mp.event(edit, schemas=schemas)
+        mr = mr.event(edit, initiator=mp, schemas=schemas)
+        members = [m.event(edit, initiator=mp, schemas=schemas) for m in members]
+        mp, p = new_mp, q
     mp.check(p)
     mr.check(r)
     pop = nf.touch(pop)
@@ -167,6 +173,9 @@ def _make_feasible(p: nf.Particle, kind: str) -> nf.Particle:
         p = nf.add_param(p, "nft_param", torch.nn.Parameter(torch.zeros(2)))
     if kind == "del_module" and not [m for m in s.module_paths() if m]:
         p = nf.add_module(p, "nft_sub", torch.nn.Linear(1, 1))
+    if kind in nft.GROWTH_KINDS and not list(nft.KINDS[kind].targets(View(p))):
+        p = nf.add_module(p, "nft_grow", nn.Sequential(nn.Linear(2, 3), nn.ReLU(),
+                                                       nn.Linear(3, 2)))
     return p
 
 
@@ -184,8 +193,9 @@ def test_initiator_and_recipient_semantics(kind, data):
     mp, mr = Model.of(p), Model.of(r_head)
     q = edit.apply(p)
     r2, pop2 = nf.touch(r), nf.touch(pop)
-    mp.event(edit).check(q)
-    mr.event(edit, initiator=mp).check(r2)
+    schemas = (p.schema, q.schema)
+    mp.event(edit, schemas=schemas).check(q)
+    mr.event(edit, initiator=mp, schemas=schemas).check(r2)
     if pop2.leaves:
         for i, member in enumerate(nf.unstack(pop2)):
             Model.of(nf.touch(nf.unstack(pop)[i])).check(member)  # pop touch == member touch
@@ -241,6 +251,20 @@ def test_initiator_and_recipient_semantics(kind, data):
                 assert q[spec.key] is r2[spec.key]
     elif kind == "configure_buffer":
         assert r2.schema.spec(path).policy == edit.options["policy"]
+    elif kind in nft.GROWTH_KINDS:  # ids kept, values moved with them (checked by the model)
+        assert set(nf.param_ids(p).values()) <= set(nf.param_ids(q).values())
+        assert nf.param_ids(r2) == nf.param_ids(q)
+        old = {s.key: s.shape for s in p.schema.leaf_specs}
+        for spec in q.schema.leaf_specs:  # resized or new: every recipient's own storage
+            if old.get(spec.key) != spec.shape:
+                assert r2[spec.key].data_ptr() != q[spec.key].data_ptr() or not spec.shape
+        if kind == "insert_module":
+            modules = value if isinstance(value, list) else [value]
+            for k, module in enumerate(modules):
+                where = f"{path}.{edit.options['index'] + k}" if path else \
+                    str(edit.options["index"] + k)
+                for sub, t in module.named_parameters(remove_duplicate=False):
+                    assert q[f"{where}.{sub}"] is t and r2[f"{where}.{sub}"] is not t
     elif kind == "to":
         dtype = edit.options["dtype"]
         for x in (q, r2, pop2):

@@ -100,3 +100,49 @@ def test_save_after_removing_an_lstm_weight(tmp_path, event):
                            "0.weight_hh_l0")
     nf.save(tmp_path / "lstm.safetensors", p)
     assert nf.load(tmp_path / "lstm.safetensors").version == 1
+
+
+# found while drawing growth events (nytorch_func.testing's widen/deepen kinds) ----------------
+
+def _mlp():
+    nn = torch.nn
+    return nf.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+
+
+def _refused_and_unchanged(p, call, match):
+    """``call(p)`` is a typed refusal naming its function, and p's species stays as it was."""
+    n, head = len(p.species), p.species.head
+    with pytest.raises(nf.SchemaError, match=match):
+        call(p)
+    assert len(p.species) == n and p.species.head is head
+
+
+@pytest.mark.parametrize("remove", [lambda p: nf.set_none(p, "0.weight"),
+                                    lambda p: nf.del_param(p, "0.weight")],
+                         ids=["set_none", "del_param"])
+@pytest.mark.parametrize("method", ["zeros", "net2net"])
+def test_widening_a_layer_without_a_weight_is_refused(remove, method):
+    """Was an AttributeError (method='zeros') or a weightless layer grown (net2net)."""
+    p = remove(_mlp())
+    _refused_and_unchanged(p, lambda q: nf.widen(q, "0", "2", 2, method=method),
+                           "widen: .*no weight")
+
+
+def test_deepening_after_a_layer_without_a_weight_is_refused():
+    """Was a KeyError."""
+    p = nf.set_none(_mlp(), "0.weight")
+    _refused_and_unchanged(p, lambda q: nf.deepen(q, "1"), "deepen: .*no weight")
+
+
+@pytest.mark.parametrize("net, x, after", [
+    (lambda nn: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 2)),
+     (2, 1, 5, 5), "2"),
+    (lambda nn: nn.Sequential(nn.Linear(3, 4), nn.Flatten(), nn.Linear(8, 2)), (5, 2, 3), "1"),
+], ids=["conv-flatten", "linear-flatten"])
+def test_deepening_after_a_flatten_is_refused(net, x, after):
+    """deepen took its width from the Linear/Conv before the Flatten and was accepted: its
+    identity layer then broke the forward pass (a Conv2d on flat features, a Linear of the
+    wrong width)."""
+    p = nf.from_module(net(torch.nn))
+    nf.apply(p, torch.randn(x))  # the model runs
+    _refused_and_unchanged(p, lambda q: nf.deepen(q, after), "deepen: .*Flatten")

@@ -141,7 +141,7 @@ def test_arguments_are_checked_before_anything_runs():
     with pytest.raises(nf.SchemaError, match="unknown law"):
         nft.check_migration_laws(MLP, X, skip=("touch_is_fast",))
     with pytest.raises(nf.SchemaError, match="unknown event kind"):
-        nft.check_migration_laws(MLP, X, events=("widen",))
+        nft.check_migration_laws(MLP, X, events=("grow",))
 
 
 # forward-relevant events ------------------------------------------------------------------------
@@ -223,7 +223,8 @@ def test_a_new_event_kind_plugs_in_with_one_entry():
 
 
 def test_every_edit_prints_as_code_that_compiles():
-    p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.ReLU(),
+                                     nn.Linear(2, 1)))
     for kind in nft.KINDS:
         edit = find(nft.events(p, kinds=(kind,)), lambda e: True, settings=FIRST)
         names = [f"p{i + 1}" for i in range(len(edit.steps()))]

@@ -16,8 +16,9 @@ pieces, by job:
   :func:`random_population`, :func:`tensors_of`, :func:`assert_same_values`,
   :func:`assert_leaves_match_schema`;
 * events -- :func:`events`, :func:`event_chains` draw valid :class:`Edit` objects (kinds from
-  the :data:`KINDS` registry of :class:`EventKind` entries; with ``example_input`` only events
-  your forward pass survives), :func:`invalid_events` edits that must fail and change nothing;
+  the :data:`KINDS` registry of :class:`EventKind` entries, growth included: :data:`GROWTH_KINDS`,
+  :func:`widen_at`; with ``example_input`` only events your forward pass survives),
+  :func:`invalid_events` edits that must fail and change nothing;
 * laws -- :func:`check_migration_laws`, :class:`MigrationLaws`, :data:`LAWS`;
   :func:`stateful_machine` checks a species against a plain dict-of-tensors :class:`Reference`.
 
@@ -35,7 +36,7 @@ Random tensor values come from seeds, so a failing example replays exactly.
 from ._edit import NO_VALUE, Edit
 from ._events import event_chains, events
 from ._invalid import invalid_events
-from ._kinds import EVENT_KINDS, FORWARD_KINDS, KINDS, EventKind
+from ._kinds import EVENT_KINDS, FORWARD_KINDS, GROWTH_KINDS, KINDS, EventKind, widen_at
 from ._laws import LAWS
 from ._machine import stateful_machine
 from ._particles import (assert_leaves_match_schema, assert_same_values, fresh_like, particles,
@@ -53,7 +54,7 @@ __all__ = [
     "assert_same_values", "assert_leaves_match_schema", "seeded_param", "seeded_buffer",
     # events
     "events", "event_chains", "invalid_events", "Edit", "NO_VALUE", "EventKind", "KINDS",
-    "EVENT_KINDS", "FORWARD_KINDS",
+    "EVENT_KINDS", "FORWARD_KINDS", "GROWTH_KINDS", "widen_at",
     # laws
     "check_migration_laws", "MigrationLaws", "MigrationLawError", "LAWS", "Case",
     "stateful_machine", "Reference",

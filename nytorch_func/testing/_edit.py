@@ -32,9 +32,14 @@ class Edit:
     expression that rebuilds ``value`` (``{p}`` stands for the particle the edit is applied
     to), used by :meth:`code_lines` to print a replayable example.
 
-    Two kinds are not one call: ``to`` (``nf.to(p, **kwargs)``, no path) and
+    Some kinds are not one plain call: ``to`` (``nf.to(p, **kwargs)``, no path);
     ``replace_module``, which deletes the submodule at ``path`` and adds ``value`` there, two
-    versions (:meth:`steps`).
+    versions (:meth:`steps`); ``insert_module`` (``path`` the container, ``value`` the module or
+    list of modules, ``index`` an option); ``widen`` (``path`` the layer; ``consumers``, ``by``,
+    ``between``, ``method`` and ``seed`` options: the generator is
+    ``torch.Generator().manual_seed(seed)``, so every replay draws the same new units).
+    ``keeps_output`` overrides the kind's promise for this one edit (``False`` for a block of
+    the user's inserted by ``insert_module``, which computes something of its own).
 
     >>> import torch, nytorch_func as nf, nytorch_func.testing as nft
     >>> e = nft.Edit("add_buffer", "count", torch.zeros(2), (("state", False),))
@@ -45,6 +50,9 @@ class Edit:
     True
     >>> nft.Edit("to", kwargs=(("dtype", torch.float64),)).code_lines("p0", ["p1"])
     ['p1 = nf.to(p0, dtype=torch.float64)']
+    >>> w = nft.Edit("widen", "0", kwargs=(("consumers", ("2",)), ("by", 2), ("seed", 7)))
+    >>> w.code_lines("p0", ["p1"])
+    ["p1 = nf.widen(p0, '0', ['2'], 2, generator=torch.Generator().manual_seed(7))"]
     """
 
     kind: str
@@ -53,6 +61,7 @@ class Edit:
     kwargs: tuple[tuple[str, Any], ...] = ()
     invalid: bool = False
     code: str | None = dataclasses.field(default=None, repr=False)
+    keeps_output: bool | None = dataclasses.field(default=None, repr=False)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -76,6 +85,12 @@ class Edit:
             return p
         if self.kind == "insert_module":
             return nf.insert_module(p, self.path, self.options["index"], self.value)
+        if self.kind == "widen":
+            o = self.options
+            seed = o.get("seed")
+            return nf.widen(p, self.path, list(o["consumers"]), o["by"],
+                            between=list(o.get("between", ())), method=o.get("method", "net2net"),
+                            generator=None if seed is None else torch.Generator().manual_seed(seed))
         fn = getattr(nf, self.kind)
         args = [p] + [a for a in (self.path, self.value) if a is not NO_VALUE]
         return fn(*args, **self.options)
@@ -84,7 +99,7 @@ class Edit:
         args = [] if self.path is NO_VALUE else [repr(self.path)]
         if self.value is not NO_VALUE:
             args.append(short(self.value))
-        args += [f"{k}={v!r}" for k, v in self.kwargs]
+        args += [f"{k}={short(v) if isinstance(v, type) else repr(v)}" for k, v in self.kwargs]
         return f"{self.kind}(" + ", ".join(args) + ")"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis' printer
@@ -99,8 +114,22 @@ class Edit:
             return ([f"block = {self._value_code(before)}"] + first.code_lines(before, after[:1])
                     + second.code_lines(after[0], after[1:]))
         if self.kind == "insert_module":
-            return [f"{after[0]} = nf.insert_module({before}, {self.path!r}, "
-                    f"{self.options['index']}, {self._value_code(before)})"]
+            call = (f"nf.insert_module({before}, {self.path!r}, {self.options['index']}, "
+                    f"{self._value_code(before)})")
+            if self.invalid:
+                return [f"{call}  # must raise nf.NytorchFuncError and change nothing"]
+            return [f"{after[0]} = {call}"]
+        if self.kind == "widen":
+            o = self.options
+            args = [before, repr(self.path), repr(list(o["consumers"])), repr(o["by"])]
+            args += [f"between={list(o['between'])!r}"] if o.get("between") else []
+            args += [f"method={o['method']!r}"] if o.get("method", "net2net") != "net2net" else []
+            if o.get("seed") is not None:
+                args.append(f"generator=torch.Generator().manual_seed({o['seed']})")
+            call = f"nf.widen({', '.join(args)})"
+            if self.invalid:
+                return [f"{call}  # must raise nf.NytorchFuncError and change nothing"]
+            return [f"{after[0]} = {call}"]
         lines, args = [], [before] + ([] if self.path is NO_VALUE else [repr(self.path)])
         if self.value is not NO_VALUE:
             value = self._value_code(before)
@@ -126,6 +155,11 @@ def code_value(value: Any) -> str:
         return f"nf.{value!r}"
     if isinstance(value, torch.dtype):
         return repr(value)
+    if isinstance(value, type) and issubclass(value, nn.Module) and \
+            getattr(nn, value.__name__, None) is value:
+        return f"nn.{value.__name__}"
+    if isinstance(value, list) and value and all(isinstance(v, nn.Module) for v in value):
+        return "[" + ", ".join(code_value(v) for v in value) + "]"
     if isinstance(value, torch.Tensor):
         if value.numel() == 0 or bool((value == 0).all()):
             base = f"torch.zeros({tuple(value.shape)!r}, dtype={value.dtype!r})"
@@ -148,4 +182,9 @@ def short(value: Any) -> str:
         return f"<{kind} [{shape}] {str(value.dtype).replace('torch.', '')}{grad}>"
     if isinstance(value, nn.Module):
         return " ".join(repr(value).split())
+    if isinstance(value, list) and value and all(isinstance(v, nn.Module) for v in value):
+        return "[" + ", ".join(short(v) for v in value) + "]"
+    if isinstance(value, type) and issubclass(value, nn.Module):
+        return f"nn.{value.__name__}" if getattr(nn, value.__name__, None) is value \
+            else value.__qualname__
     return repr(value)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._edit import NO_VALUE, Edit
+from ._growth_sites import GROWABLE
 from ._view import View, view_of
 
 __all__ = ["invalid_events", "draw_invalid"]
@@ -45,7 +46,10 @@ def draw_invalid(draw: Any, view: View) -> Edit:
         cases.append("wrong_kind_param")
     if buffers:
         cases.append("wrong_kind_buffer")
+    cases.append("growth")
     case = draw(st.sampled_from(cases))
+    if case == "growth":
+        return draw(_invalid_growth(view))
     if case in ("exists", "bad_path", "missing_parent", "hides_attribute"):
         kind = draw(st.sampled_from(_ADDERS))
         path = {"exists": lambda: draw(st.sampled_from(existing)),
@@ -100,6 +104,35 @@ def draw_invalid(draw: Any, view: View) -> Edit:
     return _bad(kind, path, value, kwargs)
 
 
+@st.composite
+def _invalid_growth(draw: Any, view: View) -> Edit:
+    """A growth call that must be refused: a layer that is its own consumer, a missing
+    consumer, ``by=0``, an unknown method, an insertion into a missing container or past the
+    end of one, deepening after a path that is no Sequential child."""
+    layers = [path for path, m in view.modules if path and type(m) in GROWABLE]
+    layer = draw(st.sampled_from(layers)) if layers else "no_such_module"
+    containers = [(path, len(m._modules)) for path, m in view.modules
+                  if isinstance(m, (nn.Sequential, nn.ModuleList))]
+    choices = [
+        ("widen", (("consumers", (layer,)), ("by", 1))),
+        ("widen", (("consumers", ("no_such_module",)), ("by", 1))),
+        ("widen", (("consumers", ("no_such_module",)), ("by", 0))),
+        ("widen", (("consumers", ("no_such_module",)), ("by", 1), ("method", "random"))),
+        ("insert_module", "no_such_module"),
+        ("deepen", "no_such_module.0"),
+    ]
+    if containers:
+        choices.append(("insert_past_end", draw(st.sampled_from(containers))))
+    kind, arg = draw(st.sampled_from(choices))
+    if kind == "widen":
+        return Edit("widen", layer, kwargs=arg + (("seed", 0),), invalid=True)
+    if kind == "deepen":
+        return Edit("deepen", arg, invalid=True)
+    container, index = (arg, 0) if kind == "insert_module" else (arg[0], arg[1] + 2)
+    return Edit("insert_module", container, nn.Identity(), (("index", index),), invalid=True,
+                code="nn.Identity()")
+
+
 def invalid_events(target: Any) -> st.SearchStrategy[Edit]:
     """Edits that must fail on ``target`` (a Particle or Schema) with a ``NytorchFuncError``.
 
@@ -107,8 +140,10 @@ def invalid_events(target: Any) -> st.SearchStrategy[Edit]:
     a missing module; adding a non-tensor or non-module; names that would hide a module
     attribute (``"forward"``); deleting, setting to None or configuring a missing path or a path
     of the wrong kind; bad options (``state="yes"``, ``policy="median"``, an unhashable config
-    attribute, a dict as config, ``nf.to`` to an integer dtype or with nothing to do); and
-    turning a population's parameters shared. A failing edit must leave the species, the
+    attribute, a dict as config, ``nf.to`` to an integer dtype or with nothing to do);
+    turning a population's parameters shared; and growth that cannot be (a layer that is its
+    own consumer, a missing consumer, ``by=0``, an unknown method, an insertion into a missing
+    container or past its end, ``deepen`` after a path that is no Sequential child). A failing edit must leave the species, the
     particle and every other particle unchanged.
 
     >>> import torch, nytorch_func as nf, nytorch_func.testing as nft

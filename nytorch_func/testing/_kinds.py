@@ -3,8 +3,9 @@
 A kind is one :class:`EventKind` entry: ``targets(view)`` lists what it could act on in a
 version (empty: not applicable), ``draw(draw, view, targets)`` draws one :class:`Edit`, and
 ``probe(view, target)`` gives the edit whose forward pass decides whether ``target`` keeps a
-user's model running (``None``: the kind cannot break a forward pass that ran before). A new
-kind of event (growth: widen, deepen, insert) plugs in as one more entry of :data:`KINDS`.
+user's model running, or the verdict itself (``None``: the kind cannot break a forward pass
+that ran before). A new kind of event plugs in as one more entry of :data:`KINDS`, as the
+growth kinds ``widen``, ``deepen`` and ``insert_module`` do (``_growth.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from torch import nn
 import nytorch_func as nf
 
 from ._edit import Edit, code_value
+from ._growth import (declared_site, deepen_targets, draw_deepen, draw_insert, draw_widen,
+                      insert_targets, probe_deepen, probe_insert, probe_widen, widen_targets)
 from ._particles import fresh_like, seeded_buffer, seeded_param, seeds
 from ._recipes import build_module, join, recipe_code, recipes, small
 from ._view import View, pretty
 
-__all__ = ["EventKind", "KINDS", "EVENT_KINDS", "FORWARD_KINDS", "resolve_kinds"]
+__all__ = ["EventKind", "KINDS", "EVENT_KINDS", "FORWARD_KINDS", "GROWTH_KINDS", "widen_at",
+           "resolve_kinds"]
 
 DrawFn = Callable[[st.SearchStrategy[Any]], Any]
 
@@ -224,19 +228,65 @@ KINDS: Mapping[str, EventKind] = types.MappingProxyType({k.name: k for k in (
               _itself("set_none")),
     EventKind("to", _to_targets, _draw_to, _to_edit),
     EventKind("replace_module", _replace_targets, _draw_replace, _probe_replace),
+    EventKind("widen", widen_targets, draw_widen, probe_widen, keeps_output=True),
+    EventKind("deepen", deepen_targets, draw_deepen, probe_deepen, keeps_output=True),
+    EventKind("insert_module", insert_targets, draw_insert, probe_insert, keeps_output=True),
 )})
 """Every event kind the strategies can draw, by name (read-only)."""
+
+#: The growth kinds: ``nf.widen`` of a Linear/Conv child of a Sequential read by a later child
+#: (activations, dropout, pooling, a flatten and BatchNorm/LayerNorm/GroupNorm in between),
+#: ``nf.deepen`` after a child a Linear/Conv feeds (with an activation where that keeps the
+#: function), ``nf.insert_module`` of a module that computes the identity into a
+#: Sequential/ModuleList (or of your block, with ``modules=``). Each keeps every member's
+#: function: the law ``output_kept`` checks it.
+GROWTH_KINDS = ("widen", "deepen", "insert_module")
 
 #: The kinds :func:`events` and :func:`event_chains` draw by default: every public event
 #: function (``nf.to`` converts the species' dtype), simplest first.
 EVENT_KINDS = ("add_param", "add_buffer", "add_module", "configure", "configure_buffer",
-               "del_param", "del_buffer", "del_module", "set_none", "to")
+               "del_param", "del_buffer", "del_module", "set_none", "to", *GROWTH_KINDS)
 
 #: The kinds the law suite draws by default: events that act on what the model's forward
 #: uses (configs, ``set_none`` of parameters, dtype conversion, a block replaced by a new one
-#: of its class) plus additions and deletions that keep the forward pass running.
+#: of its class, growth where shapes allow) plus additions and deletions that keep the forward
+#: pass running.
 FORWARD_KINDS = ("configure", "configure_buffer", "set_none", "replace_module", "to",
-                 "add_param", "add_buffer", "del_param", "del_buffer")
+                 *GROWTH_KINDS, "add_param", "add_buffer", "del_param", "del_buffer")
+
+
+def widen_at(layer: str, consumers: str | Sequence[str], between: str | Sequence[str] = ()
+             ) -> EventKind:
+    """A ``widen`` kind for one site you name, for models whose own ``forward`` wires the
+    layers (the ``widen`` kind of :data:`KINDS` finds sites only inside a ``Sequential``).
+
+    ``layer``, ``consumers`` and ``between`` are as for ``nf.widen``; the site is drawn while
+    its shapes fit (method, ``by`` and the generator's seed drawn), and you vouch that
+    ``consumers`` are all that read the layer's output.
+
+    >>> import torch, nytorch_func as nf, nytorch_func.testing as nft
+    >>> from torch import nn
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv, self.bn, self.head = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Linear(3, 2)
+    ...     def forward(self, x):
+    ...         return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+    >>> kind = nft.widen_at("conv", "head", between="bn")
+    >>> nft.check_migration_laws(Net, torch.randn(2, 1, 5, 5), events=(kind, "to"),
+    ...                          max_examples=3)
+    """
+    names = []
+    for name, value in (("layer", layer), ("consumers", consumers), ("between", between)):
+        paths = (value,) if isinstance(value, str) else value
+        if not isinstance(paths, (list, tuple)) or not all(isinstance(x, str) for x in paths) \
+                or (name == "layer" and not isinstance(value, str)):
+            raise nf.ArgumentTypeError(f"widen_at: {name} must be a module path"
+                                       f"{'' if name == 'layer' else ' or a list of them'}, got "
+                                       f"{value!r:.60}")
+        names.append(tuple(paths))
+    return EventKind("widen", declared_site(layer, names[1], names[2]), draw_widen,
+                     keeps_output=True)
 
 
 def resolve_kinds(kinds: Sequence[Any], what: str) -> tuple[EventKind, ...]:

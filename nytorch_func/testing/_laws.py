@@ -19,11 +19,12 @@ import torch
 import nytorch_func as nf
 
 from ._edit import Edit
-from ._kinds import KINDS
+from ._kinds import GROWTH_KINDS, KINDS
 from ._particles import assert_leaves_match_schema, assert_same_values, random_particle
 from ._reference import OPS, UNARY, Reference
-from ._run import (Run, close, expect, leaf_state, module_classes, outputs, same, same_particle,
-                   shows, unchanged)
+from ._roles import roles
+from ._run import (Run, close, expect, leaf_state, module_classes, outputs, same_particle, shows,
+                   unchanged)
 
 __all__ = ["LAWS"]
 
@@ -81,104 +82,6 @@ def touch_composable(run: Run) -> None:
             assert_same_values(nf.touch(nf.touch(run.pop, v1)), nf.touch(run.pop))
 
 
-def _storage(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
-def _owns(r_after: nf.Particle, pop_after: nf.Particle, key: str, what: str, code: str) -> None:
-    """The recipient's copy of ``key`` is its own: no storage shared with another recipient."""
-    if key in r_after.schema.leaf_index and pop_after.leaves:
-        expect(_storage(r_after[key]) != _storage(pop_after[key]), code,
-                f"the recipient and the population share the storage of {what}")
-
-
-def _roles(edit: Edit, k: int, before: nf.Particle, after: nf.Particle, r_after: nf.Particle,
-           pop_after: nf.Particle) -> None:
-    """The initiator/recipient rules of ``edit`` (primitive edit ``k + 1`` of the chain);
-    every check comes with the assert that replays it (``p{k+1}`` and ``r{k+1}``)."""
-    kind, path, value = edit.kind, edit.path, edit.value
-    p, r = f"p{k + 1}", f"r{k + 1}"
-    at = f"[{path!r}]" if isinstance(path, str) else ""
-    expect(after.schema is r_after.schema, f"assert {r}.schema is {p}.schema",
-            "the recipient did not reach the initiator's version")
-    if kind == "add_param":
-        if after.config(path).shared:
-            expect(after[path] is r_after[path], f"assert {p}{at} is {r}{at}",
-                    "a shared parameter is not one tensor for the species")
-        else:
-            expect(after[path] is value, f"{p}{at}  # must be the very tensor given to add_param",
-                    "the initiator must hold the added parameter itself")
-            expect(r_after[path] is not value and r_after[path].data_ptr() != value.data_ptr(),
-                    f"assert {r}{at}.data_ptr() != {p}{at}.data_ptr()",
-                    "the recipient shares the initiator's tensor")
-            _owns(r_after, pop_after, path, repr(path), f"assert {r}{at}.untyped_storage()"
-                  f".data_ptr() != nf.touch(pop, {k + 1}){at}.untyped_storage().data_ptr()")
-            expect(r_after[path].requires_grad == value.requires_grad,
-                    f"assert {r}{at}.requires_grad == {p}{at}.requires_grad",
-                    "requires_grad differs between initiator and recipient")
-        expect(same(r_after[path], value), f"assert torch.equal({r}{at}, {p}{at})",
-                "the recipient's copy differs from the snapshot")
-    elif kind == "add_buffer":
-        expect(after[path] is value and r_after[path] is value, f"assert {r}{at} is {p}{at}",
-                "a buffer is added by reference: initiator and recipient hold the tensor itself")
-    elif kind == "add_module":
-        for sub, t in [*value.named_parameters(remove_duplicate=False),
-                       *value.named_buffers(remove_duplicate=False)]:
-            full = f"[{path + '.' + sub!r}]"
-            expect(after[f"{path}.{sub}"] is t, f"{p}{full}  # must be the added module's own",
-                    f"the initiator must hold the module's own {sub!r}")
-            expect(r_after[f"{path}.{sub}"] is not t, f"assert {r}{full} is not {p}{full}",
-                    f"the recipient holds the initiator's {sub!r}")
-            expect(same(r_after[f"{path}.{sub}"], t), f"assert torch.equal({r}{full}, {p}{full})",
-                    f"the recipient's {sub!r} differs from the snapshot")
-            _owns(r_after, pop_after, f"{path}.{sub}", repr(sub), f"assert {r}{full}"
-                  f".untyped_storage().data_ptr() != nf.touch(pop, {k + 1}){full}"
-                  ".untyped_storage().data_ptr()")
-    elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
-        parent, _, name = path.rpartition(".")
-        container = before.schema.module_at(parent)
-        if kind == "del_module" and name.isdigit() and isinstance(
-                container, (torch.nn.Sequential, torch.nn.ModuleList)):  # del seq[i]: renumbered
-            ids = {s.pid for s in before.schema.specs_under(path, kind="param")}
-            left = [s.key for s in after.schema.params if s.pid in ids]
-            expect(not left and len(after.schema.module_at(parent)._modules) ==
-                   len(container._modules) - 1,
-                   f"assert len(nf.to_module({p}).get_submodule({parent!r})) == "
-                   f"len(nf.to_module(p{k}).get_submodule({parent!r})) - 1",
-                   f"del_module({path!r}) left {left or 'every child'} in {parent!r}")
-        else:
-            left = [q for s in after.schema.specs for q in s.paths
-                    if q == path or q.startswith(path + ".")]
-            expect(not left, f"assert not [q for q in {p}.schema.by_path "
-                   f"if q.startswith({path!r})]", f"{left} still exist after {kind}({path!r})")
-        if kind == "set_none":
-            head, _, name = path.rpartition(".")
-            parent = after.schema.module_at(head)
-            expect(name in {**parent._parameters, **parent._modules} and
-                    getattr(parent, name) is None,
-                    f"assert nf.to_module({p}).get_submodule({head!r}).{name} is None",
-                    f"{path!r} is not None after set_none")
-    elif kind == "configure":
-        for spec in after.schema.params:
-            key = f"[{spec.key!r}]"
-            expect(r_after.config(spec.key) == after.config(spec.key),
-                    f"assert {r}.config({spec.key!r}) == {p}.config({spec.key!r})",
-                    f"the configs of {spec.key!r} differ")
-            if spec.config.shared:
-                expect(after[spec.key] is r_after[spec.key], f"assert {p}{key} is {r}{key}",
-                        f"shared {spec.key!r} is not one tensor for the species")
-    elif kind == "configure_buffer":
-        expect(r_after.schema.spec(path).policy == edit.options["policy"],
-                f"assert {r}.schema.spec({path!r}).policy == {edit.options['policy']!r}",
-                "the buffer policy was not set")
-    elif kind == "to":
-        dtype = edit.options.get("dtype")
-        for spec in after.schema.specs:
-            if dtype is not None and (spec.dtype.is_floating_point or spec.dtype.is_complex):
-                expect(spec.dtype == dtype, f"assert {p}[{spec.key!r}].dtype == {dtype}",
-                        f"{spec.key!r} is {spec.dtype} after to({dtype})")
-
-
 def initiator_recipient(run: Run) -> None:
     """Per event: the initiator holds added objects, each recipient an equal clone in its own
     storage (buffers: the object itself); deletions, configs, policies and dtypes reach both."""
@@ -187,7 +90,7 @@ def initiator_recipient(run: Run) -> None:
         r_after = nf.touch(r_k, k + 1)
         pop_after = nf.touch(run.pop, k + 1)
         with shows(f"r{k + 1} = nf.touch(r, {k + 1})", setup=True):
-            _roles(edit, k, run.steps[k], after, r_after, pop_after)
+            roles(edit, k, run.steps[k], after, r_after, pop_after)
         expect(pop_after.schema is after.schema, f"assert nf.touch(pop, {k + 1}).schema is "
                 f"p{k + 1}.schema", "the population did not reach the version")
         if edit.kind in ("del_param", "del_buffer", "del_module", "set_none"):
@@ -210,10 +113,11 @@ def old_values_kept(run: Run) -> None:
     versions = [s.schema for s in run.steps]
     ref_p, ref_r = Reference.of(run.steps[0]), Reference.of(run.r)
     members = [Reference.of(m) for m in nf.unstack(run.pop)]
-    for edit in run.edits:
-        ref_r = ref_r.event(edit, initiator=ref_p)
-        members = [m.event(edit, initiator=ref_p) for m in members]
-        ref_p = ref_p.event(edit)
+    for k, edit in enumerate(run.edits):
+        schemas = (versions[k], versions[k + 1])
+        ref_r = ref_r.event(edit, initiator=ref_p, schemas=schemas)
+        members = [m.event(edit, initiator=ref_p, schemas=schemas) for m in members]
+        ref_p = ref_p.event(edit, schemas=schemas)
     with shows(f"nft.Reference.of(p0)  # after the chain, must equal p{run.n}"):
         ref_p.check(run.head)
     with shows("nf.touch(r)  # must hold r's old values, the snapshots and the shared values"):
@@ -227,7 +131,8 @@ def old_values_kept(run: Run) -> None:
     for key, leaf in zip(run.r.schema.leaf_keys, run.r.leaves):
         spec = run.r.schema.by_path[key]
         if all(key in v.leaf_index and v.by_path[key].pid == spec.pid and
-               v.by_path[key].dtype == spec.dtype for v in versions):
+               v.by_path[key].dtype == spec.dtype and v.by_path[key].shape == spec.shape
+               for v in versions):
             with shows(f"assert nf.touch(r)[{key!r}] is r[{key!r}]"):
                 assert t[key] is leaf, f"{key!r} was copied although no event touched it"
 
@@ -332,16 +237,53 @@ def apply_pure(run: Run) -> None:
             assert not changed, f"the forward pass changed the shared skeleton's {changed}"
 
 
+def _kept(after: Any, before: Any, what: str) -> None:
+    """Equal up to rounding: max |after - before| within 1e-12 (float64), 1e-5 (float32) or
+    1e-1 (16-bit) of the output's scale (its largest magnitude)."""
+    def one(a: torch.Tensor, b: torch.Tensor) -> None:
+        assert a.shape == b.shape and a.dtype == b.dtype, \
+            f"{what}: {tuple(a.shape)} {a.dtype}, before {tuple(b.shape)} {b.dtype}"
+        if not (a.is_floating_point() or a.is_complex()):
+            assert torch.equal(a, b), f"{what}: the output changed"
+            return
+        rel = {torch.float64: 1e-12, torch.complex128: 1e-12, torch.float32: 1e-5,
+               torch.complex64: 1e-5}.get(a.dtype, 1e-1)
+        a, b = a.detach().to(torch.complex128 if a.is_complex() else torch.float64), \
+            b.detach().to(torch.complex128 if b.is_complex() else torch.float64)
+        finite = b.isfinite()
+        assert torch.equal(finite, a.isfinite()), f"{what}: other entries are inf/nan"
+        if not bool(finite.any()):
+            return
+        scale = float(b[finite].abs().max())
+        err = float((a[finite] - b[finite]).abs().max())
+        assert err <= rel * scale or err == 0.0, \
+            f"{what}: max |change| {err:.3g} > {rel:g} x the output scale {scale:.3g}"
+    optree.tree_map(one, after, before, none_is_leaf=True)
+
+
 def output_kept(run: Run) -> None:
-    """Events that change no value the forward uses (configs, buffer policies) keep the output."""
+    """Events that change no value the forward uses (configs, buffer policies) keep the
+    initiator's output; growth (``widen``, ``deepen``, ``insert_module`` of an identity) keeps
+    every particle's own: the initiator's, a recipient's and each member's, up to rounding
+    (1e-12 of the output's scale in float64, 1e-5 in float32, 1e-1 in 16 bits)."""
+    pop = nf.unstack(run.pop)
     for i, edit in enumerate(run.chain):
         kind = KINDS.get(edit.kind)
-        if kind is None or not kind.keeps_output:
+        keeps = edit.keeps_output if edit.keeps_output is not None else (
+            kind is not None and kind.keeps_output)
+        if not keeps:
             continue
         before, after = run.ends[i], run.ends[i + 1]
         with shows(f"torch.testing.assert_close(nf.apply(p{after}, *x), nf.apply(p{before}, *x))"):
-            close(outputs(run, run.steps[after]), outputs(run, run.steps[before]),
-                   f"output after {edit!r}")
+            _kept(outputs(run, run.steps[after]), outputs(run, run.steps[before]),
+                  f"output after {edit!r}")
+        if edit.kind not in GROWTH_KINDS:  # configure may hand recipients the initiator's values
+            continue
+        for name, x in (("r", run.r), *((f"pop[{j}]", m) for j, m in enumerate(pop))):
+            with shows(f"torch.testing.assert_close(nf.apply(nf.touch({name}, {after}), *x), "
+                       f"nf.apply(nf.touch({name}, {before}), *x))"):
+                _kept(outputs(run, nf.touch(x, after)), outputs(run, nf.touch(x, before)),
+                      f"{name}'s output after {edit!r}")
 
 
 def checkpoint_round_trip(run: Run) -> None:

@@ -82,31 +82,35 @@ def stateful_machine(make_model: Callable[[], nn.Module] | None = None,
             q = random_particle(nf.touch(p), seed)
             self.handles.append((q, Reference.of(q)))
 
-        def _broadcast(self, edit: Any, initiator: Reference) -> None:
-            self.handles = [(h, m.event(edit, initiator=initiator)) for h, m in self.handles]
-            self.pops = [(pop, [m.event(edit, initiator=initiator) for m in ms])
-                         for pop, ms in self.pops]
+        def _broadcast(self, edit: Any, initiator: Reference, schemas: tuple) -> None:
+            self.handles = [(h, m.event(edit, initiator=initiator, schemas=schemas))
+                            for h, m in self.handles]
+            self.pops = [(pop, [m.event(edit, initiator=initiator, schemas=schemas)
+                                for m in ms]) for pop, ms in self.pops]
 
         @rule(i=_any, data=st.data())
         def event(self, i: int, data: Any) -> None:
             i %= len(self.handles)
             p, mp = self.handles[i]
-            edit = data.draw(draw_edit(self._view(p, False), chosen), label="edit")
+            view = self._view(p, False)
+            edit = data.draw(draw_edit(view, chosen), label="edit")
             q = edit.apply(p)
             self.handles[i] = (q, mp)
-            self._broadcast(edit, mp)
+            self._broadcast(edit, mp, (view.schema, q.schema))
 
         @rule(i=_any, data=st.data())
         @precondition(lambda self: self.pops)
         def population_event(self, i: int, data: Any) -> None:
             i %= len(self.pops)
             pop, models = self.pops[i]
-            edit = data.draw(draw_edit(self._view(pop, True), chosen), label="population edit")
+            view = self._view(pop, True)
+            edit = data.draw(draw_edit(view, chosen), label="population edit")
             new = edit.apply(pop)  # the members are the initiator: each gets the snapshots
-            first = models[0]
-            self.handles = [(h, m.event(edit, initiator=first)) for h, m in self.handles]
-            self.pops = [(new, [m.event(edit) for m in ms]) if j == i else
-                         (h, [m.event(edit, initiator=first) for m in ms])
+            first, schemas = models[0], (view.schema, new.schema)
+            self.handles = [(h, m.event(edit, initiator=first, schemas=schemas))
+                            for h, m in self.handles]
+            self.pops = [(new, [m.event(edit, schemas=schemas) for m in ms]) if j == i else
+                         (h, [m.event(edit, initiator=first, schemas=schemas) for m in ms])
                          for j, (h, ms) in enumerate(self.pops)]
 
         @rule(i=_any, j=_any, op=st.sampled_from(sorted(OPS)))

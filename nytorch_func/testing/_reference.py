@@ -18,6 +18,7 @@ from torch import nn
 import nytorch_func as nf
 
 from ._edit import Edit
+from ._reference_growth import apply_resize, events_of, inserted_groups, module_paths, one_event
 
 __all__ = ["Reference", "Group", "OPS", "UNARY"]
 
@@ -95,16 +96,24 @@ class Reference:
         return {path: g for g in self.groups for path in g.paths}
 
     # events -----------------------------------------------------------------------------------
-    def event(self, edit: Edit, initiator: "Reference | None" = None) -> "Reference":
-        """The model after ``edit``; ``initiator`` is the initiator's model (None: this one)."""
+    def event(self, edit: Edit, initiator: "Reference | None" = None, *,
+              schemas: "tuple[nf.Schema, nf.Schema] | None" = None) -> "Reference":
+        """The model after ``edit``; ``initiator`` is the initiator's model (None: this one).
+
+        ``schemas``: the species' versions before and after the edit, which growth edits
+        (``widen``, ``deepen``) need: the new units a widening draws and the layer deepen
+        makes are read from the event the species recorded (see ``_reference_growth``).
+        """
         new = self
+        events = events_of(schemas)
         for step in edit.steps():
             source = initiator if initiator is not None else new
-            new = new._step(step, source)
-            initiator = None if initiator is None else initiator._step(step, initiator)
+            new = new._step(step, source, events)
+            initiator = None if initiator is None else initiator._step(step, initiator, events)
         return new
 
-    def _step(self, edit: Edit, initiator: "Reference") -> "Reference":
+    def _step(self, edit: Edit, initiator: "Reference", events: list | None = None
+              ) -> "Reference":
         new = self.copy()
         kind, path, opts = edit.kind, edit.path, edit.options
         if kind == "add_param":
@@ -117,10 +126,20 @@ class Reference:
             new.indexed |= _indexed(edit.value, path)
         elif kind == "insert_module":  # into the Sequential/ModuleList ``path`` at ``index``
             index = opts["index"]
-            new._renumber(path, index, 1)
-            child = f"{path}.{index}" if path else str(index)
-            new.groups += _module_groups(child, edit.value)
-            new.indexed |= _indexed(edit.value, child)
+            modules = list(edit.value) if isinstance(edit.value, (list, tuple)) else [edit.value]
+            new._renumber(path, index, len(modules))
+            for k, module in enumerate(modules):
+                child = f"{path}.{index + k}" if path else str(index + k)
+                new.groups += _module_groups(child, module)
+                new.indexed |= _indexed(module, child)
+        elif kind == "widen":  # the recorded map, applied to this model's own values
+            apply_resize(new.groups, one_event(events, "resize", repr(edit)))
+        elif kind == "deepen":  # the identity layer (and activation) after ``path``
+            event = one_event(events, "insert_module", repr(edit))
+            new._renumber(event.container, event.index, len(event.skeletons))
+            new.groups += inserted_groups(event, Group, check=True)
+            for where, module in module_paths(event):
+                new.indexed |= _indexed(module, where)
         elif kind in ("del_param", "del_buffer", "set_none", "del_module"):
             gone = _gone(path)
             for g in new.groups:

@@ -56,6 +56,7 @@ class Forward:
         self.args = example_input if isinstance(example_input, tuple) else (example_input,)
         self._runs: dict[tuple, bool] = {}
         self._dtype_of: dict[tuple, torch.dtype] = {}
+        self._memo: dict[tuple, Any] = {}
 
     def _dtypes(self, schema: nf.Schema) -> list[torch.dtype | None]:
         """Floating-point dtypes of the model, most values first (events may add tensors of
@@ -113,6 +114,20 @@ class Forward:
         return known
 
 
+    def memo(self, key: tuple, compute: Any) -> Any:
+        """``compute()``, once per ``key`` for the life of this object (probes of a structure)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def plain(self, module: nn.Module, schema: nf.Schema) -> Any:
+        """``module(*example_input)`` in plain torch (no nytorch_func call), the input cast as
+        for ``schema``; the global RNG forked and seeded, so two calls compare exactly."""
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            return module(*self.inputs_for(schema))
+
+
 @dataclasses.dataclass(frozen=True)
 class View:
     """One version as the event strategies see it.
@@ -167,6 +182,14 @@ class View:
     def runs(self, edit: Edit) -> bool:
         """True when no forward is watched, or the forward pass still runs after ``edit``."""
         return self.forward is None or self.forward.runs_after(self.particle, edit)
+
+    def accepts(self, kind: Any, target: Any) -> bool:
+        """Whether ``kind``'s probe lets ``target`` be drawn: its probe gives an edit the forward
+        pass must survive, or the verdict itself (True/False); no probe or no forward: True."""
+        if self.forward is None or kind.probe is None:
+            return True
+        verdict = kind.probe(self, target)
+        return self.runs(verdict) if isinstance(verdict, Edit) else bool(verdict)
 
 
 def zeros_at(schema: nf.Schema) -> nf.Particle:
