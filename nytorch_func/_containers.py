@@ -1,8 +1,9 @@
 """Events on the children of a ``Sequential`` or ``ModuleList``: insert at an index and delete
 an index, renumbering the later children as torch's ``insert`` and ``del seq[i]`` do.
 
-Keys stay contiguous (``"0"``, ``"1"``, ...), so ``nf.to_module`` gives an ordinary container and
-``m.blocks[0]`` works after a deletion. Parameter ids survive renumbering: a parameter that
+Numbered keys stay contiguous (``"0"``, ``"1"``, ...), so ``nf.to_module`` gives an ordinary
+container and ``m.blocks[0]`` works after a deletion; named children (an ``OrderedDict``
+Sequential, a ``"head"`` added by name) keep their names and only their place changes. Parameter ids survive renumbering: a parameter that
 moves from ``"3.weight"`` to ``"4.weight"`` keeps its id, its config and, in every particle, its
 values (touch renames the leaf; it copies nothing).
 """
@@ -41,33 +42,66 @@ def container_at(schema: Schema, path: str, what: str) -> nn.Module:
     return module  # type: ignore[return-value]
 
 
-def _shift(path: str, container: str, start: int, by: int) -> str:
-    """``path`` with the child index under ``container`` shifted by ``by`` if it is >= start."""
+def _rekeyed(keys: list[str | None]) -> list[str]:
+    """The keys of a container's children, in order, after an insertion or deletion.
+
+    ``None`` marks an inserted child. Numbered children (and inserted ones) are keyed by their
+    position, as torch's ``insert`` and ``del seq[i]`` renumber them; named children (an
+    ``OrderedDict`` Sequential, ``add_module("head", ...)``) keep their names, so code that
+    reaches them by name still works.
+    """
+    return [str(i) if k is None or k.isdigit() else k for i, k in enumerate(keys)]
+
+
+def _moves(old: list[str], new: list[str]) -> dict[str, str]:
+    """``{old key: new key}`` of the children that kept their place in order but not their key."""
+    return {a: b for a, b in zip(old, new) if a != b}
+
+
+def _moved(path: str, container: str, moves: dict[str, str]) -> str:
+    """``path`` with its child key under ``container`` replaced as ``moves`` says."""
     prefix = f"{container}." if container else ""
-    if not path.startswith(prefix):
+    if not moves or not path.startswith(prefix):
         return path
     head, dot, rest = path[len(prefix):].partition(".")
-    if not head.isdigit() or int(head) < start:
-        return path
-    return f"{prefix}{int(head) + by}{dot}{rest}"
+    new = moves.get(head)
+    return path if new is None else f"{prefix}{new}{dot}{rest}"
 
 
-def _renamed(schema: Schema, container: str, start: int, by: int,
+def _renamed(schema: Schema, container: str, moves: dict[str, str],
              skip: frozenset[str] = frozenset()) -> dict[str, TensorSpec]:
-    """``{old key: spec with shifted paths}`` for every spec with a path that moves."""
-    out = {}
+    """``{old key: spec with moved paths}`` for every spec with a path that moves."""
+    out: dict[str, TensorSpec] = {}
+    if not moves:
+        return out
     for spec in schema.specs:
         if spec.key in skip:
             continue
-        paths = tuple(_shift(p, container, start, by) for p in spec.paths)
+        paths = tuple(_moved(p, container, moves) for p in spec.paths)
         if paths != spec.paths:
             out[spec.key] = dataclasses.replace(spec, key=paths[0], paths=paths)
     return out
 
 
-def _renumbered(container: nn.Module, children: list[nn.Module]) -> None:
-    """Give ``container`` (a fresh shallow copy) exactly ``children``, keyed 0..n-1."""
-    container.__dict__["_modules"] = {str(i): child for i, child in enumerate(children)}
+def _keys(schema: Schema, container: str) -> list[str]:
+    return list(schema.module_at(container)._modules)  # type: ignore[union-attr]
+
+
+def _inserted(keys: list[str], index: int, n: int) -> tuple[list[str], dict[str, str]]:
+    """``(new keys, moves)`` after inserting ``n`` children at position ``index``."""
+    new = _rekeyed([*keys[:index], *([None] * n), *keys[index:]])
+    return new, _moves(keys, [*new[:index], *new[index + n:]])
+
+
+def _deleted(keys: list[str], name: str) -> tuple[list[str], dict[str, str]]:
+    """``(new keys, moves)`` after deleting the child ``name``."""
+    rest = [k for k in keys if k != name]
+    new = _rekeyed(list(rest))
+    return new, _moves(rest, new)
+
+
+def _inverse(moves: dict[str, str]) -> dict[str, str]:
+    return {b: a for a, b in moves.items()}
 
 
 @record
@@ -92,11 +126,13 @@ class InsertModules(Event):
         if not 0 <= self.index <= n:
             raise SchemaError(f"insert_module: index {self.index} is outside 0..{n} for "
                               f"{self.container or '<root>'!r} ({type(parent).__name__} of {n})")
+        keys = list(parent._modules)
+        new_keys, moves = _inserted(keys, self.index, len(self.skeletons))
         skeleton, container = copy_path(schema.skeleton, self.container)
         children = list(container._modules.values())
         children[self.index:self.index] = list(self.skeletons)
-        _renumbered(container, children)
-        replace = _renamed(schema, self.container, self.index, len(self.skeletons))
+        container.__dict__["_modules"] = dict(zip(new_keys, children))
+        replace = _renamed(schema, self.container, moves)
         add, shared, pid = [], None, schema.next_pid
         for k, (specs, values) in enumerate(zip(self.specs, self.values)):
             where = self._path(k)
@@ -132,14 +168,19 @@ class InsertModules(Event):
     def selection(self, before: Schema, after: Schema) -> tuple[int, ...] | None:
         if self._new():
             return None
-        return _select_shifted(before, after, self.container, self.index + len(self.skeletons),
-                               -len(self.skeletons))
+        back = self._back(before)
+        index = before.leaf_index
+        return tuple([index[_old_key(before, k, self.container, back)] for k in after.leaf_keys])
+
+    def _back(self, before: Schema) -> dict[str, str]:
+        """``{new child key: old child key}`` of the children that moved."""
+        return _inverse(_inserted(_keys(before, self.container), self.index,
+                                  len(self.skeletons))[1])
 
     def migrate(self, leaves: Leaves, m: Migration) -> Leaves:
         new = self._new()
         out = {}
-        shift = -len(self.skeletons)
-        start = self.index + len(self.skeletons)
+        back = self._back(m.before)
         for key in m.after.leaf_keys:
             if key in new:
                 spec, value = new[key]
@@ -147,7 +188,7 @@ class InsertModules(Event):
                 out[key] = (recipient_copy(value, m.batch_shape, spec.requires_grad)
                             if own is None else own)
             else:
-                out[key] = leaves[_old_key(m.before, key, self.container, start, shift)]
+                out[key] = leaves[_old_key(m.before, key, self.container, back)]
         return out
 
     def describe(self) -> str:
@@ -159,43 +200,34 @@ class InsertModules(Event):
         return f"insert_module {where} ({names}, {n} params)"
 
 
-def _old_key(before: Schema, key: str, container: str, start: int, shift: int) -> str:
-    """The key in ``before`` of the leaf now at ``key`` (children from ``start`` moved)."""
-    return before.by_path[_shift(key, container, start, shift)].key
-
-
-def _select_shifted(before: Schema, after: Schema, container: str, start: int,
-                    shift: int) -> tuple[int, ...]:
-    index = before.leaf_index
-    return tuple([index[_old_key(before, k, container, start, shift)] for k in after.leaf_keys])
+def _old_key(before: Schema, key: str, container: str, back: dict[str, str]) -> str:
+    """The key in ``before`` of the leaf now at ``key`` (``back``: new child key -> old)."""
+    return before.by_path[_moved(key, container, back)].key
 
 
 @record
 class DelChild(DelModule):
     """Delete the child ``path`` of a Sequential/ModuleList; the later children move down.
 
-    As ``del seq[i]`` in torch: keys stay contiguous, so ``seq[0]`` works after deleting
-    ``"0"``. Parameters of the moved children keep their ids and values.
+    As ``del seq[i]`` in torch: numbered keys stay contiguous, so ``seq[0]`` works after deleting
+    ``"0"``; named children keep their names. Parameters of the moved children keep their ids
+    and values.
     """
 
     kind: ClassVar[str] = "del_child"
 
-    def _parts(self) -> tuple[str, int]:
-        container, name = split_path(self.path)
-        return container, int(name)
-
     def apply(self, schema: Schema) -> Schema:
-        container_path, index = self._parts()
+        container_path, name = split_path(self.path)
         container_at(schema, container_path, "del_module")
         gone = module_paths_gone(schema, self.path, "del_module")
+        new_keys, moves = _deleted(_keys(schema, container_path), name)
         skeleton, container = copy_path(schema.skeleton, container_path)
-        children = list(container._modules.values())
-        del children[index]
-        _renumbered(container, children)
+        children = [c for k, c in container._modules.items() if k != name]
+        container.__dict__["_modules"] = dict(zip(new_keys, children))
         drop, replace, shared = drop_paths(schema, gone)
-        shifted = _renamed(schema, container_path, index + 1, -1, skip=frozenset(drop))
+        shifted = _renamed(schema, container_path, moves, skip=frozenset(drop))
         for old, spec in replace.items():  # tied aliases that stay may move as well
-            paths = tuple(_shift(p, container_path, index + 1, -1) for p in spec.paths)
+            paths = tuple(_moved(p, container_path, moves) for p in spec.paths)
             shifted[old] = dataclasses.replace(spec, key=paths[0], paths=paths)
         if shifted:
             shared = dict(shared)
@@ -207,11 +239,9 @@ class DelChild(DelModule):
                              shared=None if shared is schema.shared else shared)
 
     def selection(self, before: Schema, after: Schema) -> tuple[int, ...]:
-        container_path, index = self._parts()
+        container_path, name = split_path(self.path)
+        back = _inverse(_deleted(_keys(before, container_path), name)[1])
         by_path = before.by_path
         leaf_index = before.leaf_index
-        out = []
-        for spec in after.leaf_specs:
-            old = _shift(spec.key, container_path, index, 1)
-            out.append(leaf_index[by_path[old].key])
-        return tuple(out)
+        return tuple([leaf_index[by_path[_moved(spec.key, container_path, back)].key]
+                      for spec in after.leaf_specs])

@@ -265,7 +265,8 @@ def del_module(p: Particle, path: str) -> Particle:
 
     def build(q: Particle) -> tuple[Event, dict]:
         container, name = split_path(path)
-        if name.isdigit() and is_indexed(q._schema.module_at(container)):
+        parent = q._schema.module_at(container)
+        if is_indexed(parent) and parent._modules.get(name) is not None:  # type: ignore[union-attr]
             return DelChild(path), {}
         return DelModule(path), {}
 

@@ -393,11 +393,10 @@ def deepen(p: Particle, after: str, *, activation: "nn.Module | type | None" = N
     def build(q: Particle) -> tuple[Event, dict]:
         container, name = split_path(after)
         parent = q._schema.module_at(container)
-        if not (is_indexed(parent) and isinstance(parent, nn.Sequential) and name.isdigit()
-                and name in parent._modules):
+        if not (isinstance(parent, nn.Sequential) and parent._modules.get(name) is not None):
             raise SchemaError(f"deepen: {after!r} is not a child of an nn.Sequential in version "
                               f"{q._schema.version}; deepen inserts into a Sequential")
-        at = int(name)
+        at = list(parent._modules).index(name)  # its place (named children keep their names)
         modules = [_identity_layer(container, at, after, q)]
         if activation is not None:
             _check_activation(parent._modules[name], activation, after)
@@ -418,10 +417,10 @@ _SPATIAL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d
 
 def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Module:
     """An identity ``Linear``/``Conv`` as wide as the last one among children ``0..at``."""
-    parent = q._schema.module_at(container)
+    children = list(q._schema.module_at(container)._modules.items())  # type: ignore[union-attr]
     between: list[nn.Module] = []
     for i in range(at, -1, -1):
-        m = parent._modules[str(i)]
+        key, m = children[i]
         if isinstance(m, nn.Sequential):
             raise SchemaError(f"deepen: a nested Sequential comes before {after!r}; deepen "
                               "inside it instead")
@@ -431,7 +430,7 @@ def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Modu
     else:
         raise SchemaError(f"deepen: there is no Linear or Conv at or before {after!r} to take "
                           "the width from")
-    where = f"{container}.{i}" if container else str(i)
+    where = f"{container}.{key}" if container else key
     changes = _RESHAPE + (_SPATIAL if isinstance(m, nn.Linear) else ())
     for b in between:
         if isinstance(b, changes):
