@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._arith import check_generator
-from ._containers import InsertModules, container_at, is_indexed
+from ._containers import InsertModules, container_at
 from ._edit import commit, module_parts
 from ._errors import ArgumentTypeError, SchemaError
 from ._events import Event
