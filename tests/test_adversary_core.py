@@ -1,0 +1,465 @@
+"""The core's promises (DESIGN.md "Invariants", issue 14) tried as a hostile user would.
+
+Every test here is a bug found by trying to break a promise: immutability, leaves that agree
+with their schema, pure forward passes, failed calls that change nothing, typed errors,
+lossless checkpoints, threads. Each is ``xfail(strict=True)`` naming the file and function at
+fault until the core owner fixes it (then the marker goes and the test stays as a regression).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nytorch_func as nf
+from nytorch_func import evolution as ev
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+# 1. immutability: no mutable state of the species leaks through a frozen object ------------------
+
+@pytest.mark.xfail(strict=True, reason="_schema.py Schema.module_at/skeleton: hands out the live "
+                   "skeleton module every particle of the species runs; assigning to it changes "
+                   "every particle's forward pass (no FrozenError)")
+def test_skeleton_modules_from_a_schema_cannot_change_other_particles():
+    torch.manual_seed(0)
+    p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)))
+    other = p.randn()
+    x = torch.randn(5, 2)
+    before = nf.apply(other, x)
+    try:
+        p.schema.module_at("1").negative_slope = 0.9
+    except nf.FrozenError:
+        pass
+    assert torch.equal(nf.apply(other, x), before)
+
+
+@pytest.mark.xfail(strict=True, reason="_config.py ParamConfig.replace (used by _edit.py configure) "
+                   "drops every None value, so nf.configure(p, path, tag=None) silently keeps the "
+                   "old tag (and still makes a new version), although ParamConfig(tag=None) holds "
+                   "None")
+def test_configure_can_set_a_user_attribute_to_none():
+    p = nf.configure(nf.from_module(nn.Linear(2, 2)), "weight", tag="x")
+    q = nf.configure(p, "weight", tag=None)
+    assert q.config("weight").tag is None
+
+
+# 6. checkpoints ----------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="_config.py ParamConfig.__eq__ and _io_join.py difference: a "
+                   "NaN user attribute never equals its loaded copy (nan != nan), so a config does "
+                   "not survive save -> load as equal and nf.load(path, species=s) refuses a file "
+                   "saved from s itself ('scale=nan in the checkpoint, scale=nan here')")
+def test_a_nan_config_attribute_survives_a_round_trip(tmp_path):
+    p = nf.configure(nf.from_module(nn.Linear(2, 2)), "weight", scale=float("nan"))
+    path = tmp_path / "p.nf"
+    nf.save(path, p)
+    assert nf.load(path).config("weight") == p.config("weight")
+    assert nf.load(path, species=p.species).schema is p.schema
+
+
+_OPT_FROZEN = pytest.mark.xfail(strict=True, reason="optim/_adam.py AdamW (and the __delattr__ of "
+                                 "optim/_sgd.py SGD and _adam.py Adam): AdamW is re-decorated as a "
+                                 "dataclass, which replaces the frozen_setattr Adam installs, so "
+                                 "assigning to it raises the bare dataclasses.FrozenInstanceError; "
+                                 "deleting an attribute of any optimizer does too")
+
+
+@pytest.mark.parametrize("make, how", [
+    ("SGD", "set"), ("Adam", "set"),
+    pytest.param("AdamW", "set", marks=_OPT_FROZEN),
+    pytest.param("SGD", "del", marks=_OPT_FROZEN),
+    pytest.param("Adam", "del", marks=_OPT_FROZEN),
+    pytest.param("AdamW", "del", marks=_OPT_FROZEN)])
+def test_optimizers_are_frozen_with_the_typed_error(make, how):
+    from nytorch_func import optim
+    opt = getattr(optim, make)(lr=0.1)
+    with pytest.raises(nf.FrozenError):
+        if how == "set":
+            opt.lr = 0.5
+        else:
+            del opt.lr
+    assert opt.lr == 0.1
+
+
+@pytest.mark.xfail(strict=True, reason="_tensorfile.py byte_view (and the complex128 bytes path of "
+                   "_io.py save): a complex leaf with the conjugate bit set (t.conj(), a lazy view) "
+                   "reaches Tensor.numpy()/view(uint8) and nf.save raises torch's raw RuntimeError "
+                   "('Can't call numpy() on Tensor that has conjugate bit set')")
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_save_a_particle_whose_leaves_are_conjugate_views(tmp_path, dtype):
+    p = nf.to(nf.from_module(nn.Linear(3, 2)), dtype=dtype)
+    q = nf.map_params(lambda t, cfg: t.conj(), p)
+    assert q.leaves[0].is_conj()
+    nf.save(tmp_path / "q.nf", q)
+    r = nf.load(tmp_path / "q.nf")
+    assert all(torch.equal(a.resolve_conj(), b.resolve_conj()) for a, b in zip(q.leaves, r.leaves))
+
+
+# 2. leaves agree with their schema / operators ----------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="_particle.py Particle: no __array_ufunc__ = None / "
+                   "__array_priority__, so numpy treats a population as a sequence and "
+                   "np.float64(w) * pop is an object ndarray of particles")
+def test_numpy_scalar_times_population_is_a_particle():
+    pop = nf.population(nn.Linear(3, 2), 3, generator=torch.Generator().manual_seed(0))
+    w = np.linspace(0.0, 1.0, 5)[2]  # a np.float64, as indexing a numpy array gives
+    out = w * pop
+    assert isinstance(out, nf.Particle)
+    assert torch.equal(out["weight"], (0.5 * pop)["weight"])
+
+
+@pytest.mark.xfail(strict=True, reason="_arith.py binary/coefficient: p - True reaches "
+                   "torch._foreach_sub with a bool scalar and raises torch's raw RuntimeError "
+                   "(work as p - 1, or a typed error)")
+def test_subtracting_a_bool_is_typed_or_works():
+    p = nf.from_module(nn.Linear(2, 2))
+    try:
+        r = p - True
+    except nf.NytorchFuncError:
+        return
+    assert torch.equal(r["weight"], p["weight"] - 1)
+
+
+# 3. pure forward passes ------------------------------------------------------------------------
+
+class _CachesABuffer(nn.Module):
+    """Registers a buffer on its first forward pass (a lazily built cache, as rotary
+    embeddings do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "cache" not in self._buffers:
+            self.register_buffer("cache", self.lin.weight.detach() * 1.0, persistent=False)
+        return x @ self.cache
+
+
+@pytest.mark.xfail(strict=True, reason="_bridge.py _restoring: checks module __dict__ entries by "
+                   "identity only, so a buffer registered in forward (an entry added to the "
+                   "_buffers dict in place) stays in the shared skeleton with the first "
+                   "particle's values, and every later particle's forward reads them")
+def test_a_buffer_registered_in_forward_does_not_reach_another_particle():
+    torch.manual_seed(0)
+    p = nf.from_module(_CachesABuffer())
+    q = p.randn()
+    x = torch.ones(1, 2)
+    nf.apply(q, x)  # q's forward caches q's weight in the skeleton
+    assert torch.allclose(nf.apply(p, x), x @ p["lin.weight"])
+    assert "cache" not in p.schema.skeleton._buffers
+
+
+class _SwapsItsActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self._modules.get("act")
+        self.act = nn.Identity() if isinstance(act, nn.Tanh) else nn.Tanh()
+        return self.act(self.lin(x))
+
+
+@pytest.mark.xfail(strict=True, reason="_bridge.py _restoring: a submodule assigned (or deleted) "
+                   "in forward changes the _modules dict in place, which the identity check of "
+                   "__dict__ does not see; the shared skeleton keeps it, so the next forward of "
+                   "any particle differs")
+def test_a_submodule_assigned_in_forward_does_not_reach_the_next_call():
+    torch.manual_seed(0)
+    p = nf.from_module(_SwapsItsActivation())
+    x = torch.randn(3, 2)
+    first = nf.apply(p, x)
+    assert torch.equal(nf.apply(p, x), first)
+    assert "act" not in p.schema.skeleton._modules
+
+
+@pytest.mark.xfail(strict=True, reason="_bridge.py _tensors/apply: parameters are swapped into the "
+                   "skeleton as the particle's own tensors, so a forward that changes a "
+                   "parameter in place (nn.Embedding(max_norm=...) renormalises its weight) "
+                   "changes the particle nf.apply promises never to change")
+def test_apply_of_an_embedding_with_max_norm_leaves_the_particle_unchanged():
+    torch.manual_seed(0)
+    p = nf.from_module(nn.Embedding(10, 4, max_norm=1.0))
+    q = p.randn() * 5.0  # rows well above the max norm
+    before = q["weight"].clone()
+    nf.apply(q, torch.tensor([1, 2, 3]))
+    assert torch.equal(q["weight"], before)
+
+
+class _RunningMean(nn.Module):
+    """The seed's running mean kept by reassigning a buffer in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("mean", torch.zeros(3))
+        self.register_buffer("last", torch.zeros(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.mean = 0.9 * self.mean + 0.1 * x.mean(0)  # float64 x promotes it
+        self.last = x.detach().float()  # another batch size: another shape
+        return self.lin(x.float())
+
+
+def _agrees(p: nf.Particle) -> bool:
+    batch = tuple(p.batch_shape)
+    return all(spec.matches(t, batch) for spec, t in zip(p.schema.leaf_specs, p.leaves))
+
+
+@pytest.mark.xfail(strict=True, reason="_bridge.py apply_with_state: takes whatever tensor the "
+                   "forward assigned to a buffer, so a float64 input or another batch size gives "
+                   "p_after leaves of another dtype/shape than the schema's (nf.save then refuses "
+                   "it); cast to the schema dtype or refuse, typed")
+def test_apply_with_state_returns_leaves_that_agree_with_the_schema():
+    p = nf.from_module(_RunningMean())
+    x = torch.randn(5, 3, dtype=torch.float64)
+    try:
+        _, after = nf.apply_with_state(p, x)
+    except nf.SchemaError:
+        return
+    assert _agrees(after)
+
+
+@pytest.mark.xfail(strict=True, reason="_bridge.py _mode: skips the mode switch when the root "
+                   "module already has the asked mode, so p.eval() of a model whose root is in eval "
+                   "but a child (BatchNorm) in train keeps that child training (batch statistics), "
+                   "while nf.to_module(p.eval()) and nn.Module.eval() put every module in eval")
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_particle_mode_reaches_every_submodule(mode):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    m[1].running_mean.fill_(1.0)
+    if mode == "eval":
+        m.eval()
+        m[1].train()  # root in eval, one child still training
+    else:
+        m[1].eval()  # root training, a frozen BatchNorm
+    p = nf.from_module(m)
+    p = p.eval() if mode == "eval" else p.train()
+    x = torch.randn(6, 3)
+    want = (m.eval() if mode == "eval" else m.train())(x)  # nn.Module's rule: every module
+    assert torch.allclose(nf.apply(p, x), nf.to_module(p)(x))
+    assert torch.allclose(nf.apply(p, x), want)
+
+
+# 2/6. from_module(like=): the joined particle is the module it came from --------------------------
+
+@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: from_module(m, like=p) compares only "
+                   "tensors and module classes; a module whose attributes differ (a LeakyReLU "
+                   "slope, a Dropout rate, a BatchNorm eps) joins silently and then runs with the "
+                   "species' attributes, not its own")
+def test_from_module_like_refuses_or_keeps_differing_attributes():
+    torch.manual_seed(0)
+    p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)))
+    m = nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.5))
+    x = torch.randn(6, 2)
+    try:
+        q = nf.from_module(m, like=p)
+    except nf.SchemaError:
+        return
+    assert torch.allclose(nf.apply(q, x), m(x))
+
+
+@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: the particle made by "
+                   "from_module(m, like=p) runs in the species' mode, not m's: an m in eval "
+                   "mode gives a particle whose forward uses batch statistics (training=True)")
+def test_from_module_like_keeps_the_modules_mode():
+    torch.manual_seed(0)
+    p = nf.from_module(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)))
+    m = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)).eval()
+    m[1].running_mean.fill_(2.0)
+    x = torch.randn(6, 2)
+    q = nf.from_module(m, like=p)
+    assert q.training is False
+    assert torch.allclose(nf.apply(q, x), m(x))
+
+
+# 4. a call either works or changes nothing: container events on named children -------------------
+
+@pytest.mark.xfail(strict=True, reason="_containers.py InsertModules.apply (_renumbered/_renamed): "
+                   "inserting into a Sequential with named children (OrderedDict) renumbers the "
+                   "skeleton's keys to '0', '1', ... but leaves the specs at 'fc1.weight', ...: "
+                   "the event is committed and every forward and to_module of the species fails "
+                   "with a raw AttributeError (refuse it, typed, or rename the specs too)")
+def test_insert_module_into_a_named_sequential_keeps_the_species_usable():
+    torch.manual_seed(0)
+    p = nf.from_module(nn.Sequential(OrderedDict(
+        [("fc1", nn.Linear(3, 4)), ("act", nn.ReLU()), ("fc2", nn.Linear(4, 2))])))
+    x = torch.randn(5, 3)
+    try:
+        q = nf.insert_module(p, "", 1, nn.Identity())
+    except nf.SchemaError:
+        assert len(p.species) == 1
+        return
+    assert torch.allclose(nf.apply(q, x), nf.apply(p, x))
+    assert torch.allclose(nf.to_module(q)(x), nf.apply(p, x))
+
+
+@pytest.mark.xfail(strict=True, reason="_containers.py DelChild.apply (_renumbered/_renamed): "
+                   "deleting a numbered child of a Sequential that also has a named child "
+                   "(added with nf.add_module or Sequential.add_module) renumbers the named one "
+                   "in the skeleton only ('head' becomes '2' there, its specs stay 'head.*'), so "
+                   "the committed version cannot run")
+def test_del_module_of_a_sequential_with_a_named_child_keeps_the_species_usable():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    m.add_module("head", nn.Linear(4, 2))
+    p = nf.from_module(m)
+    x = torch.randn(5, 3)
+    try:
+        q = nf.del_module(p, "1")
+    except nf.SchemaError:
+        assert len(p.species) == 1
+        return
+    want = m[2](m[0](x))  # torch's del m[1]: Linear, then the head
+    assert torch.allclose(nf.apply(q, x), want)
+    assert torch.allclose(nf.to_module(q)(x), want)
+
+
+# 5. typed errors for bad arguments ---------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="_edit.py param_addition/buffer_addition/module_addition and "
+                   "_events.py _check_free: a path that is not a str is a SchemaError "
+                   "(ValueError) for add_param/add_buffer/add_module (del_param says TypeError), and "
+                   "an unhashable one a raw TypeError from building {path: tensor}")
+@pytest.mark.parametrize("path", [5, ["w"]])
+@pytest.mark.parametrize("add", ["param", "buffer", "module"])
+def test_adding_at_a_non_string_path_is_an_argument_type_error(add, path):
+    p = nf.from_module(nn.Linear(2, 2))
+    call = {"param": lambda: nf.add_param(p, path, torch.ones(2)),
+            "buffer": lambda: nf.add_buffer(p, path, torch.ones(2)),
+            "module": lambda: nf.add_module(p, path, nn.Linear(2, 2))}[add]
+    with pytest.raises(nf.ArgumentTypeError, match=f"add_{add}"):
+        call()
+    assert len(p.species) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="_particle.py Particle.config / _schema.py Schema.spec: a "
+                   "non-string path reaches difflib/dict lookups and raises a raw TypeError")
+@pytest.mark.parametrize("path", [3, ["weight"], None])
+def test_config_of_a_non_string_path_is_typed(path):
+    p = nf.from_module(nn.Linear(2, 2))
+    with pytest.raises(nf.ArgumentTypeError, match="config"):
+        p.config(path)
+
+
+@pytest.mark.xfail(strict=True, reason="_population.py vmap_apply: in_dims=0 (an int, which "
+                   "torch.func.vmap accepts for every argument) raises a raw TypeError "
+                   "('int' object is not iterable)")
+def test_vmap_apply_takes_an_int_in_dims_like_torch_func_vmap():
+    pop = nf.population(nn.Linear(3, 2), 4, generator=torch.Generator().manual_seed(0))
+    xs = torch.randn(4, 5, 3)
+    try:
+        out = nf.vmap_apply(pop, xs, in_dims=0)
+    except nf.NytorchFuncError:
+        return
+    assert torch.allclose(out, nf.vmap_apply(pop, xs, in_dims=(0,)))
+
+
+@pytest.mark.xfail(strict=True, reason="_population.py stack/from_modules: a non-iterable "
+                   "argument raises Python's raw TypeError from list(...)")
+@pytest.mark.parametrize("call", [lambda: nf.stack(3), lambda: nf.stack(None),
+                                  lambda: nf.from_modules(nn.Linear(2, 2))],
+                         ids=["stack_int", "stack_none", "from_modules_module"])
+def test_stack_of_a_non_sequence_is_typed(call):
+    with pytest.raises(nf.ArgumentTypeError):
+        call()
+
+
+@pytest.mark.xfail(strict=True, reason="_edit.py _current: configure_buffer(policy='reset') of a "
+                   "population with no members reads member 0 and raises a raw IndexError")
+def test_reset_policy_of_an_empty_population_is_typed():
+    pop = nf.population(nn.BatchNorm1d(3), 3)[0:0]
+    with pytest.raises(nf.NytorchFuncError, match="configure_buffer"):
+        nf.configure_buffer(pop, "running_mean", policy="reset")
+    assert len(pop.species) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="evolution/_pso.py pso_init and evolution/_soup.py "
+                   "greedy_soup: a single particle where a population belongs reaches len() and "
+                   "raises Particle.__len__'s plain TypeError (not a NytorchFuncError naming the "
+                   "function)")
+@pytest.mark.parametrize("call", [lambda p: ev.pso_init(p),
+                                  lambda p: ev.greedy_soup(p, lambda q: 1.0)],
+                         ids=["pso_init", "greedy_soup"])
+def test_evolution_of_a_single_particle_is_typed(call):
+    p = nf.from_module(nn.Linear(2, 2))
+    with pytest.raises(nf.NytorchFuncError):
+        call(p)
+
+
+# 2. populations without per-particle tensors keep their batch shape ---------------------------------
+
+class _NoTensors(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.xfail(strict=True, reason="_reduce.py mean/where and evolution/_variation.py "
+                   "_crossover: Particle._make is given no batch shape, so a population without "
+                   "leaves (all tensors shared, or none) comes back as a single particle")
+@pytest.mark.parametrize("op", ["mean_2d", "where", "uniform_crossover"])
+def test_leafless_populations_keep_their_batch_shape(op):
+    pop = nf.population(nf.from_module(_NoTensors()), 4)
+    if op == "mean_2d":
+        out, want = nf.mean(nf.stack([pop, pop])), (4,)
+    elif op == "where":
+        out, want = nf.where(torch.tensor([True, False, True, False]), pop, pop), (4,)
+    else:
+        out, want = ev.uniform_crossover(pop, pop[0]), (4,)
+    assert tuple(out.batch_shape) == want
+
+
+# 7. threads -------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="_species.py Species.live_versions: iterates the "
+                   "WeakValueDictionary of versions without the lock, so an event appended by "
+                   "another thread raises 'dictionary changed size during iteration' (also "
+                   "nf.history and the error paths of touch and load(species=))")
+def test_live_versions_while_another_thread_appends_events():
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        p = nf.from_module(nn.Linear(1, 1))
+        keep = [p]
+        for i in range(200):  # many live versions: a long iteration
+            keep.append(nf.add_buffer(keep[-1], f"w{i}", torch.zeros(1)))
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def writer() -> None:
+            q = keep[-1]
+            for i in range(3000):
+                if done.is_set():
+                    break
+                q = nf.add_buffer(q, f"b{i}", torch.zeros(1))
+                keep.append(q)
+            done.set()
+
+        def reader() -> None:
+            while not done.is_set():
+                try:
+                    p.species.live_versions()
+                except Exception as err:  # noqa: BLE001 - the bug is any exception
+                    errors.append(err)
+                    done.set()
+
+        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[0]
