@@ -287,11 +287,6 @@ def test_from_module_like_keeps_the_modules_mode():
 
 # 4. a call either works or changes nothing: container events on named children -------------------
 
-@pytest.mark.xfail(strict=True, reason="_containers.py InsertModules.apply (_renumbered/_renamed): "
-                   "inserting into a Sequential with named children (OrderedDict) renumbers the "
-                   "skeleton's keys to '0', '1', ... but leaves the specs at 'fc1.weight', ...: "
-                   "the event is committed and every forward and to_module of the species fails "
-                   "with a raw AttributeError (refuse it, typed, or rename the specs too)")
 def test_insert_module_into_a_named_sequential_keeps_the_species_usable():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(OrderedDict(
@@ -306,11 +301,6 @@ def test_insert_module_into_a_named_sequential_keeps_the_species_usable():
     assert torch.allclose(nf.to_module(q)(x), nf.apply(p, x))
 
 
-@pytest.mark.xfail(strict=True, reason="_containers.py DelChild.apply (_renumbered/_renamed): "
-                   "deleting a numbered child of a Sequential that also has a named child "
-                   "(added with nf.add_module or Sequential.add_module) renumbers the named one "
-                   "in the skeleton only ('head' becomes '2' there, its specs stay 'head.*'), so "
-                   "the committed version cannot run")
 def test_del_module_of_a_sequential_with_a_named_child_keeps_the_species_usable():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
