@@ -121,6 +121,8 @@ class SGD:
         if buf is not None:
             mom = resolve(what, "momentum", self.momentum, batch, device)
             damp = resolve(what, "dampening", self.dampening, batch, device)
+            if isinstance(mom, torch.Tensor):  # a member with momentum 0 steps by its gradient,
+                damp = torch.where(mom == 0, 0.0, damp)  # as torch's SGD(momentum=0) ignores it
             old = leaves(buf, idx)
             old = K.real_views(old)[0] if back is not _identity else old
             first = [steps.get(pid, 0) == 0 for pid in pids]
