@@ -66,7 +66,10 @@ def align_all(what: str, *ps: Any) -> tuple[Any, ...]:
                 "(p.clone(), p.randn(), nf.population(p, n)) or put a separately built module "
                 "into the species with nf.from_module(module, like=p)")
     ps = tuple(at_head(q) for q in ps)
-    newest = max((q._schema for q in ps), key=lambda s: s.version)
+    newest = ps[0]._schema  # (a loop, not max(key=): torch.compile traces it)
+    for q in ps[1:]:
+        if q._schema.version > newest.version:
+            newest = q._schema
     out = []
     for q in ps:
         if q._schema is not newest:
