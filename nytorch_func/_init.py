@@ -49,8 +49,9 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
     for path, module in _post_order(s.skeleton):
         reset = _recognised(module)
         if reset is not None:
-            for name, value in reset(module, n, generator, owned.get(path, {})).items():
-                values[_join(path, name)] = value
+            own = owned.get(path, {})
+            for name, value in reset(module, n, generator, own).items():
+                values[own[name].key] = value
         elif _reset_method(module) is not None:
             values.update(_reset_each(s, path, module, n, generator, src, values))
     out = []
@@ -95,10 +96,20 @@ def _post_order(root: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _owned_leaves(s: Schema) -> dict[str, dict[str, TensorSpec]]:
     """``{module path: {attribute name: spec}}``: the per-particle leaves each module holds
-    directly (a tied tensor belongs to the module of its first path, its key)."""
+    directly and initialises.
+
+    A tied tensor is initialised by one of its modules: an ``Embedding`` when one holds it (a
+    language-model head tied to its embedding ends up with the embedding's N(0, 1) values
+    whichever was registered first, as ``head.weight = emb.weight`` makes it), else the module
+    of its first path. The other modules still initialise their own leaves (the head's bias).
+    """
     out: dict[str, dict[str, TensorSpec]] = {}
     for spec in s.leaf_specs:
-        parent, _, name = spec.key.rpartition(".")
+        owner = spec.key
+        if len(spec.paths) > 1:
+            owner = next((p for p in spec.paths if isinstance(
+                s.module_at(p.rpartition(".")[0]), (nn.Embedding, nn.EmbeddingBag))), owner)
+        parent, _, name = owner.rpartition(".")
         out.setdefault(parent, {})[name] = spec
     return out
 
@@ -130,11 +141,12 @@ def _kaiming_bound(fan_in: int) -> float:
 
 def _linear_like(m: nn.Module, n: int, g: torch.Generator | None, own: dict) -> Values:
     """``nn.Linear`` and ``_ConvNd``: kaiming-uniform weight, uniform bias of bound 1/sqrt(fan_in)."""
-    w = own.get("weight")
-    if w is None or not w.shape or 0 in w.shape:
+    weight = m.weight  # (the skeleton's: its shape gives fan_in even when it is tied elsewhere)
+    if weight is None or not weight.shape or 0 in weight.shape:
         return {}
-    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
-    out = {"weight": _uniform(n, w, _kaiming_bound(fan_in), g)}
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+    w = own.get("weight")
+    out = {} if w is None else {"weight": _uniform(n, w, _kaiming_bound(fan_in), g)}
     b = own.get("bias")
     if b is not None:
         if fan_in > 0:
