@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
                 values[own[name].key] = value
         elif _reset_method(module) is not None:
             values.update(_reset_each(s, path, module, n, generator, src, values))
+    values = _respect_custom(s, src, values)
     out = []
     for spec in s.leaf_specs:
         value = values.get(spec.key)
@@ -63,6 +65,43 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
             value.requires_grad_(True)
         out.append(value)
     return tuple(out)
+
+
+def _respect_custom(s: Schema, src: Values, values: Values) -> Values:
+    """Keep initialisation the source module's own ``__init__`` did after its layers' resets.
+
+    A constructor that sets a leaf to constants (a zero-initialised head, ResNet's zero BatchNorm
+    gamma) makes every constructed module hold them, so every member keeps the source's value
+    when it is constant and the reset's is not that constant. (A source whose leaves were
+    trained away from a constant reset, BatchNorm weights, is reset as usual.) A leaf redrawn in ``__init__`` from another distribution (GPT's
+    N(0, 0.02)) cannot be reproduced from an instance: a warning names it and the way to get
+    it exactly (``nf.population(MyNet, n)``, a factory, constructs every member).
+    """
+    odd = []
+    for key, drawn in list(values.items()):
+        own = src.get(key)
+        if own is None or own.numel() < 2 or not (own.is_floating_point()):
+            continue
+        with torch.no_grad():
+            own = own.detach()
+            first = drawn[0]
+            own_const = bool(own.eq(own.reshape(-1)[0]).all())
+            drawn_const = bool(first.eq(first.reshape(-1)[0]).all())
+            if own_const and not (drawn_const and torch.equal(own, first)):
+                values[key] = own.expand_as(drawn).clone()
+            elif own.numel() >= 64:
+                ratio = float(own.double().std() / drawn.double().std().clamp_min(1e-30))
+                if not 0.5 <= ratio <= 2.0:
+                    odd.append(f"{key} (std {float(own.double().std()):.3g}, the layer's reset "
+                               f"gives {float(drawn.double().std()):.3g})")
+    if odd:
+        warnings.warn("population: these leaves of the source do not look like their layer's "
+                      f"reset_parameters draw: {', '.join(odd)}; the module's __init__ probably "
+                      "initialised them its own way, which cannot be repeated from an instance. "
+                      "Members were drawn as the layer's reset draws. Pass the class or a factory "
+                      "(nf.population(MyNet, n)) to construct every member, or init='clone'",
+                      stacklevel=3)
+    return values
 
 
 # walking the skeleton ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,7 +63,12 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "reset_
                generator: torch.Generator | None = None) -> Particle:
     """``n`` particles of one species, stacked, built in one vectorised step per leaf.
 
-    ``source`` is a particle or an ``nn.Module`` (a new species is made from it). ``init``:
+    ``source`` is a particle, an ``nn.Module`` (a new species is made from it), or a module
+    class or zero-argument factory (``MyNet``, ``lambda: MyNet(width=64)``): then every member
+    is constructed by it, so initialisation its ``__init__`` does its own way (GPT's
+    N(0, 0.02), a zero head) is exactly what ``n`` constructed modules get; with ``generator``
+    each construction runs on its own seed drawn from it (the global RNG is left as it was).
+    ``init``:
 
     - ``"reset_parameters"`` (the default): every member initialised as ``n`` independently
       constructed modules would be, by each submodule's own ``reset_parameters`` with
@@ -85,9 +90,11 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "reset_
     >>> bool(pop["weight"].abs().max() <= 3 ** -0.5)   # Linear's own U(-1/sqrt(3), 1/sqrt(3))
     True
     """
+    if not isinstance(source, (torch.nn.Module, Particle)) and callable(source):
+        return _constructed(source, n, init, generator)
     if isinstance(source, torch.nn.Module):
         source = from_module(source)
-    expect(source, Particle, "population", "a Particle or an nn.Module")
+    expect(source, Particle, "population", "a Particle, an nn.Module or a module factory")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SchemaError(f"population: n must be a positive int, got {n!r}")
     if not (callable(init) or (isinstance(init, str) and init in _INITS)):
@@ -123,6 +130,35 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "reset_
             new = new.requires_grad_(True) if new.is_leaf else new
         leaves.append(new)
     return Particle._make(s, tuple(leaves), source._training, (n,))
+
+
+def _constructed(factory: Callable[[], Any], n: int, init: Any,
+                 generator: torch.Generator | None) -> Particle:
+    """``population(factory, n)``: ``n`` modules constructed by ``factory``, stacked."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ArgumentTypeError(f"population: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise SchemaError(f"population: n must be a positive int, got {n!r}")
+    if not (isinstance(init, str) and init == "reset_parameters"):
+        raise SchemaError(f"population: init={init!r} applies to a module or particle source; a "
+                          "factory constructs every member itself (call it once and pass the "
+                          "module to draw members another way)")
+    check_generator(generator, "population")
+    modules = []
+    for i in range(n):
+        if generator is None:
+            m = factory()
+        else:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator,
+                                     device=generator.device))
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+                torch.manual_seed(seed)
+                m = factory()
+        if not isinstance(m, torch.nn.Module):
+            raise ArgumentTypeError(f"population: the factory returned {type(m).__name__} for "
+                                    f"member {i}; it must return an nn.Module")
+        modules.append(m)
+    return from_modules(modules)
 
 
 def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
