@@ -145,11 +145,10 @@ class InsertModules(Event):
                     shared = dict(schema.shared) if shared is None else shared
                     shared[spec.key] = value
             pid += sum(s.is_param for s in specs)
-        if replace:
+        if replace:  # moved all at once: "1.w" -> "2.w" must not overwrite "2.w" before it moves
             shared = dict(schema.shared) if shared is None else shared
-            for old, spec in replace.items():
-                if old in shared:
-                    shared[spec.key] = shared.pop(old)
+            shared.update({spec.key: shared.pop(old) for old, spec in replace.items()
+                           if old in shared})
         return schema.derive(skeleton=skeleton, replace=replace, add=tuple(add), shared=shared,
                              next_pid=pid)
 
@@ -229,12 +228,14 @@ class DelChild(DelModule):
         for old, spec in replace.items():  # tied aliases that stay may move as well
             paths = tuple(_moved(p, container_path, moves) for p in spec.paths)
             shifted[old] = dataclasses.replace(spec, key=paths[0], paths=paths)
-        if shifted:
+        if shifted:  # moved all at once, as in InsertModules.apply
             shared = dict(shared)
+            moved = {}
             for old, spec in shifted.items():
                 renamed_from = replace[old].key if old in replace else old
                 if renamed_from in shared:
-                    shared[spec.key] = shared.pop(renamed_from)
+                    moved[spec.key] = shared.pop(renamed_from)
+            shared.update(moved)
         return schema.derive(skeleton=skeleton, drop=drop, replace=shifted,
                              shared=None if shared is schema.shared else shared)
 
