@@ -111,3 +111,32 @@ def test_compiled_step_on_a_stale_particle():
     except nf.NytorchFuncError:
         return  # a typed refusal would be fine too
     assert all(torch.equal(a, b) for a, b in zip(eager.leaves, compiled.leaves))
+
+
+# --- per-member hyperparameters ------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="optim/_sgd.py SGD._step: with a per-member momentum "
+                   "tensor holding 0 for a member and dampening > 0, that member is updated by "
+                   "(1 - dampening) * grad from its second step on; torch.optim.SGD(momentum=0) "
+                   "ignores dampening and steps by the gradient (3e-2 apart after 8 steps)")
+def test_per_member_zero_momentum_ignores_dampening_like_torch():
+    moms = [0.0, 0.9]
+    m = _mlp64()
+    pop = nf.population(m, 2, generator=_gen())
+    names = list(pop.params)
+    x = torch.randn(16, 4, dtype=torch.float64, generator=_gen(1))
+    grads = torch.func.vmap(nf.grad(lambda p, x: nf.apply(p, x).pow(2).mean()), in_dims=(0, None))
+    opt = optim.SGD(lr=0.1, momentum=torch.tensor(moms, dtype=torch.float64), dampening=0.5)
+    state = opt.init(pop)
+    ref = [[pop[n][i].detach().clone().requires_grad_(True) for n in names] for i in range(2)]
+    topts = [torch.optim.SGD(ref[i], lr=0.1, momentum=moms[i], dampening=0.5, foreach=True)
+             for i in range(2)]
+    for _ in range(4):
+        pop, state = opt.step(pop, grads(pop, x), state)
+        for i in range(2):
+            topts[i].zero_grad()
+            torch.func.functional_call(m, dict(zip(names, ref[i])), (x,)).pow(2).mean().backward()
+            topts[i].step()
+    for i in range(2):
+        for j, n in enumerate(names):
+            torch.testing.assert_close(pop[n][i], ref[i][j], rtol=0, atol=1e-12)
