@@ -140,3 +140,20 @@ def test_per_member_zero_momentum_ignores_dampening_like_torch():
     for i in range(2):
         for j, n in enumerate(names):
             torch.testing.assert_close(pop[n][i], ref[i][j], rtol=0, atol=1e-12)
+
+
+# --- values in and out of torch's format ----------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: from_module(module, like=p) makes "
+                   "the particle with training=None, so a module in eval mode joins as a training "
+                   "particle (plain from_module keeps eval): BatchNorm then normalises by batch "
+                   "statistics and nf.apply differs from the module")
+def test_from_module_like_keeps_the_modules_eval_mode():
+    p = nf.from_module(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)))
+    m = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).eval()
+    with torch.no_grad():
+        m[1].running_mean.fill_(0.5)
+    q = nf.from_module(m, like=p)
+    x = torch.randn(4, 3, generator=_gen())
+    assert q.training is False
+    torch.testing.assert_close(nf.apply(q, x), m(x))
