@@ -43,3 +43,11 @@ def test_deepen_after_a_width_changing_cell_is_refused_or_runs():
 def test_deepen_after_a_transposed_conv_is_refused_or_runs():
     p = nf.from_module(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ConvTranspose2d(4, 2, 3)))
     _deepen_runs_or_is_refused(p, "1", torch.randn(1, 1, 6, 6))
+
+
+@pytest.mark.xfail(strict=True, reason="_grow.py widen: method=None (a wrong type) raises "
+                   "SchemaError, a ValueError; wrong types must be ArgumentTypeError")
+def test_widen_method_of_the_wrong_type_is_a_type_error():
+    p = nf.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    with pytest.raises(TypeError):
+        nf.widen(p, "0", "2", 2, method=None)

@@ -157,3 +157,15 @@ def test_from_module_like_keeps_the_modules_eval_mode():
     x = torch.randn(4, 3, generator=_gen())
     assert q.training is False
     torch.testing.assert_close(nf.apply(q, x), m(x))
+
+
+# --- typed errors --------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="_population.py population: arguments of the wrong type "
+                   "(n='3', n=1.0, init=5, init=None) raise SchemaError, a ValueError; wrong "
+                   "types must be ArgumentTypeError (a TypeError) as STYLE asks")
+@pytest.mark.parametrize("kwargs", [dict(n="3"), dict(n=1.0), dict(n=3, init=5),
+                                    dict(n=3, init=None)])
+def test_population_wrong_types_are_type_errors(kwargs):
+    with pytest.raises(TypeError):
+        nf.population(nn.Linear(2, 2), **kwargs)
