@@ -190,3 +190,25 @@ class _ZeroHead(nn.Module):
 def test_default_init_keeps_a_zero_initialised_head_like_constructed_modules():
     pop = nf.population(_ZeroHead(), 4, generator=_gen())
     assert torch.count_nonzero(pop["head.weight"]) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="optim/_adam.py Adam._step: AdamW with weight_decay=0.3 "
+                   "on bfloat16 parameters departs from torch.optim.AdamW(foreach=True) by one "
+                   "bf16 ulp on the first step (same gradients; 0 difference without weight decay "
+                   "or in float32), growing to ~1.6e-2 in 4 steps")
+def test_adamw_bfloat16_with_weight_decay_matches_torch_bitwise():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).to(torch.bfloat16)
+    p = nf.from_module(m)
+    names = list(p.params)
+    ref = [t.detach().clone().requires_grad_(True) for t in m.parameters()]
+    topt = torch.optim.AdamW(ref, lr=0.01, weight_decay=0.3, foreach=True)
+    opt = optim.AdamW(lr=0.01, weight_decay=0.3)
+    state = opt.init(p)
+    x = torch.randn(16, 4, dtype=torch.bfloat16, generator=_gen())
+    g = nf.grad(lambda p: nf.apply(p, x).pow(2).mean())(p)
+    torch.func.functional_call(m, dict(zip(names, ref)), (x,)).pow(2).mean().backward()
+    assert all(torch.equal(g[n], t.grad) for n, t in zip(names, ref))
+    p, state = opt.step(p, g, state)
+    topt.step()
+    assert all(torch.equal(p[n], t) for n, t in zip(names, ref))
