@@ -95,9 +95,14 @@ def population(source: "Particle | torch.nn.Module", n: int, init: Any = "reset_
     if isinstance(source, torch.nn.Module):
         source = from_module(source)
     expect(source, Particle, "population", "a Particle, an nn.Module or a module factory")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ArgumentTypeError(f"population: n must be an int, got {type(n).__name__} ({n!r})")
+    if n < 1:
         raise SchemaError(f"population: n must be a positive int, got {n!r}")
-    if not (callable(init) or (isinstance(init, str) and init in _INITS)):
+    if not (callable(init) or isinstance(init, str)):
+        raise ArgumentTypeError(f"population: init must be one of {_INITS} or a callable, got "
+                                f"{type(init).__name__} ({init!r})")
+    if not (callable(init) or init in _INITS):
         raise SchemaError(f"population: init must be one of {_INITS} or a callable, got {init!r}")
     check_generator(generator, "population")
     if source.batch_shape:

@@ -28,25 +28,16 @@ def _deepen_runs_or_is_refused(p: nf.Particle, after: str, x: torch.Tensor) -> N
     assert torch.allclose(nf.apply(q, x), nf.apply(p, x), atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="_grow.py _identity_layer: a module with weights that "
-                   "changes the width (here an RNNCell 4 -> 6) between the last Linear and "
-                   "'after' is not checked, so deepen commits an identity Linear(4, 4) after a "
-                   "6-wide output: a version of the species no particle can run")
 def test_deepen_after_a_width_changing_cell_is_refused_or_runs():
     p = nf.from_module(nn.Sequential(nn.Linear(3, 4), nn.RNNCell(4, 6), nn.Linear(6, 1)))
     _deepen_runs_or_is_refused(p, "1", torch.randn(5, 3))
 
 
-@pytest.mark.xfail(strict=True, reason="_grow.py _identity_layer: a ConvTranspose2d is not a "
-                   "Conv1d/2d/3d, so deepen after it takes the width of the Conv before it (4 "
-                   "channels, not the 2 the ConvTranspose gives) and commits a broken version")
 def test_deepen_after_a_transposed_conv_is_refused_or_runs():
     p = nf.from_module(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ConvTranspose2d(4, 2, 3)))
     _deepen_runs_or_is_refused(p, "1", torch.randn(1, 1, 6, 6))
 
 
-@pytest.mark.xfail(strict=True, reason="_grow.py widen: method=None (a wrong type) raises "
-                   "SchemaError, a ValueError; wrong types must be ArgumentTypeError")
 def test_widen_method_of_the_wrong_type_is_a_type_error():
     p = nf.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     with pytest.raises(TypeError):

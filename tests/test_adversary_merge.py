@@ -19,9 +19,6 @@ def _setup():
     return base, models
 
 
-@pytest.mark.xfail(strict=True, reason="merge/_task.py dare: rescale='bogus' (a string of "
-                   "the right type but an unknown value) raises ArgumentTypeError, a TypeError; a "
-                   "wrong value must be a SchemaError (ValueError), as method='x' is in widen")
 def test_dare_unknown_rescale_string_is_a_value_error():
     base, models = _setup()
     with pytest.raises(ValueError):

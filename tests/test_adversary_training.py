@@ -39,18 +39,11 @@ class _HeadFirstTiedLM(nn.Module):
 
 # --- population initialisation -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_init.py _linear_like: a Linear whose weight is tied to "
-                   "another module's is skipped entirely, so its own bias is not reset and every "
-                   "member gets the source's bias (members are not independent)")
 def test_tied_head_bias_is_drawn_per_member():
     pop = nf.population(_TiedLM(), 4, generator=_gen())
     assert not torch.equal(pop["out.bias"][0], pop["out.bias"][1])
 
 
-@pytest.mark.xfail(strict=True, reason="_init.py reset_members: a tied weight is initialised by "
-                   "the module of its first path; with the head registered first the embedding's "
-                   "N(0, 1) weight gets the Linear's Kaiming bound (std 0.29 instead of 1.0), "
-                   "unlike modules built with the tie")
 def test_tied_weight_registered_under_the_head_first_keeps_the_embeddings_init():
     pop = nf.population(_HeadFirstTiedLM(), 64, generator=_gen())
     torch.manual_seed(0)
@@ -72,10 +65,6 @@ def _pop_grads():
     return lambda p: f(p, x).detach()  # no outer graph: the test is about the step
 
 
-@pytest.mark.xfail(strict=True, reason="optim/_state.py moments: a torch.compile(fullgraph=True)d "
-                   "Adam.step given state from before nf.widen (the documented 'state follows the "
-                   "event by itself') dies in _resize.py _origins_and_zeros on a data-dependent "
-                   "guard; eager works, and so does an explicit touch_tree first")
 def test_compiled_step_follows_a_widen_by_itself():
     grads = _pop_grads()
     opt = optim.Adam(lr=0.01)
@@ -93,10 +82,6 @@ def test_compiled_step_follows_a_widen_by_itself():
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(out[0].leaves, out[1].leaves))
 
 
-@pytest.mark.xfail(strict=True, reason="optim/_state.py operands: a torch.compile(fullgraph=True)d "
-                   "step given a stale particle (its species has a newer version) calls align, "
-                   "whose max(..., key=) dynamo cannot trace: torch._dynamo.exc.Unsupported "
-                   "instead of the eager result or a typed error saying to touch first")
 def test_compiled_step_on_a_stale_particle():
     grads = _pop_grads()
     opt = optim.SGD(lr=0.1)
@@ -110,15 +95,12 @@ def test_compiled_step_on_a_stale_particle():
         compiled, _ = torch.compile(opt.step, fullgraph=True)(pop, g, state)
     except nf.NytorchFuncError:
         return  # a typed refusal would be fine too
-    assert all(torch.equal(a, b) for a, b in zip(eager.leaves, compiled.leaves))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12)  # inductor may fuse: rounding only
+               for a, b in zip(eager.leaves, compiled.leaves))
 
 
 # --- per-member hyperparameters ------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="optim/_sgd.py SGD._step: with a per-member momentum "
-                   "tensor holding 0 for a member and dampening > 0, that member is updated by "
-                   "(1 - dampening) * grad from its second step on; torch.optim.SGD(momentum=0) "
-                   "ignores dampening and steps by the gradient (3e-2 apart after 8 steps)")
 def test_per_member_zero_momentum_ignores_dampening_like_torch():
     moms = [0.0, 0.9]
     m = _mlp64()
@@ -161,9 +143,6 @@ def test_from_module_like_keeps_the_modules_eval_mode():
 
 # --- typed errors --------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_population.py population: arguments of the wrong type "
-                   "(n='3', n=1.0, init=5, init=None) raise SchemaError, a ValueError; wrong "
-                   "types must be ArgumentTypeError (a TypeError) as STYLE asks")
 @pytest.mark.parametrize("kwargs", [dict(n="3"), dict(n=1.0), dict(n=3, init=5),
                                     dict(n=3, init=None)])
 def test_population_wrong_types_are_type_errors(kwargs):
@@ -182,20 +161,11 @@ class _ZeroHead(nn.Module):
         nn.init.zeros_(self.head.bias)
 
 
-@pytest.mark.xfail(strict=True, reason="_init.py reset_members: the default init re-runs "
-                   "torch's reset_parameters on every layer, silently discarding initialisation "
-                   "the module's own __init__ did (a zero-initialised head, GPT-style "
-                   "normal(0, 0.02)); n independently constructed modules would keep it. "
-                   "Detect it (the source differs from what a reset gives) or warn")
 def test_default_init_keeps_a_zero_initialised_head_like_constructed_modules():
     pop = nf.population(_ZeroHead(), 4, generator=_gen())
     assert torch.count_nonzero(pop["head.weight"]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="optim/_adam.py Adam._step: AdamW with weight_decay=0.3 "
-                   "on bfloat16 parameters departs from torch.optim.AdamW(foreach=True) by one "
-                   "bf16 ulp on the first step (same gradients; 0 difference without weight decay "
-                   "or in float32), growing to ~1.6e-2 in 4 steps")
 def test_adamw_bfloat16_with_weight_decay_matches_torch_bitwise():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).to(torch.bfloat16)
