@@ -43,10 +43,6 @@ def test_skeleton_modules_from_a_schema_cannot_change_other_particles():
     assert torch.equal(nf.apply(other, x), before)
 
 
-@pytest.mark.xfail(strict=True, reason="_config.py ParamConfig.replace (used by _edit.py configure) "
-                   "drops every None value, so nf.configure(p, path, tag=None) silently keeps the "
-                   "old tag (and still makes a new version), although ParamConfig(tag=None) holds "
-                   "None")
 def test_configure_can_set_a_user_attribute_to_none():
     p = nf.configure(nf.from_module(nn.Linear(2, 2)), "weight", tag="x")
     q = nf.configure(p, "weight", tag=None)
@@ -55,10 +51,6 @@ def test_configure_can_set_a_user_attribute_to_none():
 
 # 6. checkpoints ----------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_config.py ParamConfig.__eq__ and _io_join.py difference: a "
-                   "NaN user attribute never equals its loaded copy (nan != nan), so a config does "
-                   "not survive save -> load as equal and nf.load(path, species=s) refuses a file "
-                   "saved from s itself ('scale=nan in the checkpoint, scale=nan here')")
 def test_a_nan_config_attribute_survives_a_round_trip(tmp_path):
     p = nf.configure(nf.from_module(nn.Linear(2, 2)), "weight", scale=float("nan"))
     path = tmp_path / "p.nf"
