@@ -59,19 +59,8 @@ def test_a_nan_config_attribute_survives_a_round_trip(tmp_path):
     assert nf.load(path, species=p.species).schema is p.schema
 
 
-_OPT_FROZEN = pytest.mark.xfail(strict=True, reason="optim/_adam.py AdamW (and the __delattr__ of "
-                                 "optim/_sgd.py SGD and _adam.py Adam): AdamW is re-decorated as a "
-                                 "dataclass, which replaces the frozen_setattr Adam installs, so "
-                                 "assigning to it raises the bare dataclasses.FrozenInstanceError; "
-                                 "deleting an attribute of any optimizer does too")
-
-
-@pytest.mark.parametrize("make, how", [
-    ("SGD", "set"), ("Adam", "set"),
-    pytest.param("AdamW", "set", marks=_OPT_FROZEN),
-    pytest.param("SGD", "del", marks=_OPT_FROZEN),
-    pytest.param("Adam", "del", marks=_OPT_FROZEN),
-    pytest.param("AdamW", "del", marks=_OPT_FROZEN)])
+@pytest.mark.parametrize("make", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("how", ["set", "del"])
 def test_optimizers_are_frozen_with_the_typed_error(make, how):
     from nytorch_func import optim
     opt = getattr(optim, make)(lr=0.1)

@@ -1,6 +1,7 @@
 """nytorch_func.evolution: operators against hand-written per-tensor references, configs,
 seeds, commuting with touch, PSO / SNES following an event, greedy soup."""
 
+import dataclasses
 import gc
 import math
 
@@ -332,3 +333,17 @@ def test_bench_cases_run():
     for name, fn in cases.items():
         fn()
         assert callable(fn), name
+
+
+@pytest.mark.parametrize("make", ["pso", "snes"])
+@pytest.mark.parametrize("how", ["set", "del"])
+def test_states_are_frozen_with_the_typed_error(make, how):
+    pop = nf.population(nn.Linear(2, 2), 3, generator=torch.Generator().manual_seed(0))
+    state = ev.pso_init(pop) if make == "pso" else ev.snes_init(pop[0], 4)
+    with pytest.raises(nf.FrozenError, match="immutable"):
+        if how == "set":
+            state.generation = 5
+        else:
+            del state.generation
+    assert state.generation == 0
+    assert dataclasses.replace(state, generation=5).generation == 5  # the way to a new one

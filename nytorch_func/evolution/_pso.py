@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 
 import nytorch_func as nf
 
-from ._state import new_param_paths, refill
+from ._state import frozen_state, new_param_paths, refill
 from ._variation import pso_velocity
 
 __all__ = ["PSOState", "pso_init", "pso_step"]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_state
 class PSOState:
     """The swarm: positions, velocities, personal bests (all populations of one species).
 

@@ -16,12 +16,12 @@ import torch
 
 import nytorch_func as nf
 
-from ._state import new_param_paths, refill
+from ._state import frozen_state, new_param_paths, refill
 
 __all__ = ["SNESState", "snes_init", "snes_ask", "snes_tell", "snes_step", "snes_utilities"]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_state
 class SNESState:
     """The search distribution (``mean``, ``sigma``: single particles) and its settings."""
 

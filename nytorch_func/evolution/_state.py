@@ -1,7 +1,9 @@
-"""Helpers the algorithms use to follow an event: find the entries it added and refill them."""
+"""Helpers the algorithms use: frozen state records, and following an event (find the entries
+it added and refill them)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import optree
@@ -9,7 +11,27 @@ import torch
 
 import nytorch_func as nf
 
-__all__ = ["new_param_paths", "refill"]
+__all__ = ["frozen_state", "new_param_paths", "refill"]
+
+
+def frozen_state(cls: type) -> type:
+    """Make ``cls`` a frozen dataclass whose assignments and deletions raise
+    :class:`nytorch_func.FrozenError` (a plain ``dataclass(frozen=True)`` raises the bare
+    ``dataclasses.FrozenInstanceError``, which is not an ``nf.NytorchFuncError``)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
+    cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
+    return cls
+
+
+def _frozen_setattr(self: object, name: str, value: object) -> None:
+    raise nf.FrozenError(f"{type(self).__name__} is immutable (cannot set {name!r}): states are "
+                         "values; the step functions return new ones, or make one with "
+                         "dataclasses.replace(state, ...)")
+
+
+def _frozen_delattr(self: object, name: str) -> None:
+    _frozen_setattr(self, name, None)
 
 
 def new_param_paths(old: "nf.Particle", new: "nf.Particle") -> frozenset[str]:
