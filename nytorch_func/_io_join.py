@@ -149,8 +149,10 @@ def _tensor_difference(a: Any, b: Any, where: str) -> str | None:
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal bytes (so NaN equals NaN and -0.0 differs from 0.0)."""
-    x, y = (t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (a, b))
+    """Equal bytes of the values (so NaN equals NaN and -0.0 differs from 0.0; a conjugate or
+    negative view compares by its resolved values)."""
+    x, y = (t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
+            for t in (a, b))
     return torch.equal(x, y.to(x.device))
 
 

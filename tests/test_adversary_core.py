@@ -72,10 +72,6 @@ def test_optimizers_are_frozen_with_the_typed_error(make, how):
     assert opt.lr == 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="_tensorfile.py byte_view (and the complex128 bytes path of "
-                   "_io.py save): a complex leaf with the conjugate bit set (t.conj(), a lazy view) "
-                   "reaches Tensor.numpy()/view(uint8) and nf.save raises torch's raw RuntimeError "
-                   "('Can't call numpy() on Tensor that has conjugate bit set')")
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_save_a_particle_whose_leaves_are_conjugate_views(tmp_path, dtype):
     p = nf.to(nf.from_module(nn.Linear(3, 2)), dtype=dtype)
