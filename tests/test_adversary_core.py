@@ -84,9 +84,6 @@ def test_save_a_particle_whose_leaves_are_conjugate_views(tmp_path, dtype):
 
 # 2. leaves agree with their schema / operators ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_particle.py Particle: no __array_ufunc__ = None / "
-                   "__array_priority__, so numpy treats a population as a sequence and "
-                   "np.float64(w) * pop is an object ndarray of particles")
 def test_numpy_scalar_times_population_is_a_particle():
     pop = nf.population(nn.Linear(3, 2), 3, generator=torch.Generator().manual_seed(0))
     w = np.linspace(0.0, 1.0, 5)[2]  # a np.float64, as indexing a numpy array gives
@@ -95,9 +92,6 @@ def test_numpy_scalar_times_population_is_a_particle():
     assert torch.equal(out["weight"], (0.5 * pop)["weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="_arith.py binary/coefficient: p - True reaches "
-                   "torch._foreach_sub with a bool scalar and raises torch's raw RuntimeError "
-                   "(work as p - 1, or a typed error)")
 def test_subtracting_a_bool_is_typed_or_works():
     p = nf.from_module(nn.Linear(2, 2))
     try:
@@ -353,10 +347,6 @@ def test_reset_policy_of_an_empty_population_is_typed():
     assert len(pop.species) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="evolution/_pso.py pso_init and evolution/_soup.py "
-                   "greedy_soup: a single particle where a population belongs reaches len() and "
-                   "raises Particle.__len__'s plain TypeError (not a NytorchFuncError naming the "
-                   "function)")
 @pytest.mark.parametrize("call", [lambda p: ev.pso_init(p),
                                   lambda p: ev.greedy_soup(p, lambda q: 1.0)],
                          ids=["pso_init", "greedy_soup"])

@@ -11,7 +11,33 @@ import torch
 
 import nytorch_func as nf
 
-__all__ = ["frozen_state", "new_param_paths", "refill"]
+__all__ = ["frozen_state", "expect_population", "expect_state", "new_param_paths", "refill"]
+
+
+def expect_population(pop: object, what: str) -> int:
+    """The member count of ``pop``, a population with one batch dimension and a member at
+    least; a typed error naming ``what`` otherwise (ArgumentTypeError for a non-particle,
+    SchemaError for a single particle, more batch dimensions or no members)."""
+    if not isinstance(pop, nf.Particle):
+        raise nf.ArgumentTypeError(f"{what}: expected a population (a Particle from "
+                                   f"nf.population or nf.stack), got {type(pop).__name__}")
+    shape = tuple(pop.batch_shape)
+    if not shape:
+        raise nf.SchemaError(f"{what}: expected a population, got a single particle; make one "
+                             "with nf.population(p, n) or nf.stack([p, ...])")
+    if len(shape) != 1:
+        raise nf.SchemaError(f"{what}: expected a population with one batch dimension, got batch "
+                             f"shape {shape}; pass one row (pop[i]) or nf.stack the members you want")
+    if shape[0] == 0:
+        raise nf.SchemaError(f"{what}: the population has no members; give it one at least")
+    return shape[0]
+
+
+def expect_state(state: object, kind: type, what: str, init: str) -> None:
+    """ArgumentTypeError naming ``what`` unless ``state`` is a ``kind`` (made by ``init``)."""
+    if not isinstance(state, kind):
+        raise nf.ArgumentTypeError(f"{what}: state must be the {kind.__name__} {init} made, got "
+                                   f"{type(state).__name__}")
 
 
 def frozen_state(cls: type) -> type:
