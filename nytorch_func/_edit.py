@@ -3,6 +3,10 @@
 Every function first brings its particle to the species head (touch), builds the event and the
 next schema without changing anything, and only then links the new version, under the species'
 lock. An error at any step leaves the chain, the initiator and every other particle as they were.
+
+Arguments are checked before anything else: a path that is not a string is an
+:class:`ArgumentTypeError` naming the function (``add_param``, ``add_buffer``, ``add_module``,
+``del_*``, ``set_none``, ``configure*``), an empty one (where a name is needed) a SchemaError.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
 def param_addition(path: str, tensor: torch.Tensor, config: ParamConfig | None = None,
                    what: str = "add_param") -> tuple[Event, dict[str, torch.Tensor]]:
     """:func:`add_param`'s event and the initiator's own tensor, validated, nothing committed."""
+    path = _path(path, what)
     tensor = _tensor(tensor, what, path)
     if config is not None and not isinstance(config, ParamConfig):
         raise ArgumentTypeError(f"{what}: config for {path!r} must be a ParamConfig, got "
@@ -172,6 +177,7 @@ def buffer_addition(path: str, tensor: torch.Tensor, *, state: bool = True,
                     persistent: bool = True,
                     what: str = "add_buffer") -> tuple[Event, dict[str, torch.Tensor]]:
     """:func:`add_buffer`'s event and the initiator's own tensor, validated, nothing committed."""
+    path = _path(path, what)
     tensor = _tensor(tensor, what, path)
     if not isinstance(state, bool):
         raise ArgumentTypeError(f"{what}: state for {path!r} must be True or False, got "
@@ -209,6 +215,7 @@ def module_addition(path: str, module: nn.Module, *, share_buffers: bool = False
     ``share_buffers=True`` gives recipients the module's very buffer objects instead of copies
     (:class:`AddModuleSharingBuffers`, nytorch's rule).
     """
+    path = _path(path, what)
     skeleton, specs, values, snapshots = module_parts(module, path, what)
     if share_buffers:
         snapshots = tuple(v if s.kind == "buffer" else snap

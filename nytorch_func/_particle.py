@@ -128,7 +128,15 @@ class Particle:
         return torch.Size(self._batch or ())
 
     def config(self, path: str) -> ParamConfig:
-        """The species-wide ParamConfig of the parameter at ``path``."""
+        """The species-wide ParamConfig of the parameter at ``path`` (any alias).
+
+        A path that names no parameter is a SchemaError naming close matches; one that is not
+        a string is an ArgumentTypeError.
+
+        >>> import torch, nytorch_func as nf
+        >>> nf.from_module(torch.nn.Linear(2, 1)).config("bias")
+        ParamConfig(operational=True, clone=True)
+        """
         return self._schema.spec(path, kind="param", what="config").config  # type: ignore[return-value]
 
     def numel(self) -> int:

@@ -290,10 +290,6 @@ def test_del_module_of_a_sequential_with_a_named_child_keeps_the_species_usable(
 
 # 5. typed errors for bad arguments ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_edit.py param_addition/buffer_addition/module_addition and "
-                   "_events.py _check_free: a path that is not a str is a SchemaError "
-                   "(ValueError) for add_param/add_buffer/add_module (del_param says TypeError), and "
-                   "an unhashable one a raw TypeError from building {path: tensor}")
 @pytest.mark.parametrize("path", [5, ["w"]])
 @pytest.mark.parametrize("add", ["param", "buffer", "module"])
 def test_adding_at_a_non_string_path_is_an_argument_type_error(add, path):
@@ -306,8 +302,6 @@ def test_adding_at_a_non_string_path_is_an_argument_type_error(add, path):
     assert len(p.species) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="_particle.py Particle.config / _schema.py Schema.spec: a "
-                   "non-string path reaches difflib/dict lookups and raises a raw TypeError")
 @pytest.mark.parametrize("path", [3, ["weight"], None])
 def test_config_of_a_non_string_path_is_typed(path):
     p = nf.from_module(nn.Linear(2, 2))
