@@ -22,7 +22,9 @@ def stack(particles: Sequence[Particle]) -> Particle:
     """One population of ``len(particles)`` members: every leaf stacked along a new dim 0.
 
     Members are brought to the newest version of their (one) species first. Shared
-    (``clone=False``) parameters stay one unstacked tensor in the schema.
+    (``clone=False``) parameters stay one unstacked tensor in the schema. ``particles`` is a
+    list, tuple or other iterable of particles; a single particle (even a population) or a
+    non-iterable is an ArgumentTypeError, as ``torch.stack(tensor)`` is a TypeError.
 
     >>> import torch, nytorch_func as nf
     >>> p = nf.from_module(torch.nn.Linear(3, 2))
@@ -30,7 +32,7 @@ def stack(particles: Sequence[Particle]) -> Particle:
     >>> len(pop), pop.batch_shape, pop["weight"].shape
     (3, torch.Size([3]), torch.Size([3, 2, 3]))
     """
-    particles = list(particles)
+    particles = _sequence(particles, Particle, "stack", "Particles", "nf.stack([p, q, ...])")
     if not particles:
         raise SchemaError("stack: got no particles; a population needs at least one member")
     for q in particles:
@@ -129,13 +131,18 @@ def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
     """One species and one population from independently built models of one architecture.
 
     The first module defines the species; every other must have the same parameter and buffer
-    paths, shapes and dtypes (a SchemaError names the first difference).
+    paths, shapes and dtypes (a SchemaError names the first difference). ``modules`` is a list,
+    tuple, ``nn.ModuleList`` or other iterable of modules; a single module (an
+    ``nn.Sequential`` included: it is one model) or a non-iterable is an ArgumentTypeError.
 
     >>> import torch, nytorch_func as nf
     >>> pop = nf.from_modules([torch.nn.Linear(2, 2) for _ in range(4)])
     >>> len(pop)
     4
     """
+    if not isinstance(modules, torch.nn.ModuleList):
+        modules = _sequence(modules, torch.nn.Module, "from_modules", "nn.Modules",
+                            "nf.from_modules([m1, m2, ...])")
     modules = list(modules)
     if not modules:
         raise SchemaError("from_modules: got no modules")
@@ -160,6 +167,19 @@ def from_modules(modules: Sequence[torch.nn.Module]) -> Particle:
     return Particle._make(first._schema, leaves, first._training, (len(modules),))
 
 
+def _sequence(items: Any, kind: type, what: str, noun: str, example: str) -> list:
+    """``items`` as a list; ArgumentTypeError for a single ``kind`` or a non-iterable."""
+    if isinstance(items, kind):
+        raise ArgumentTypeError(f"{what}: expected a sequence of {noun}, got one "
+                                f"{type(items).__name__}; pass a list: {example}")
+    try:
+        it = iter(items)
+    except TypeError:
+        raise ArgumentTypeError(f"{what}: expected a sequence of {noun}, got "
+                                f"{type(items).__name__}; pass a list: {example}") from None
+    return list(it)
+
+
 class VmapFallbackWarning(UserWarning):
     """vmap_apply ran members one by one because torch has no batching rule for an op."""
 
@@ -167,8 +187,11 @@ class VmapFallbackWarning(UserWarning):
 def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any) -> Any:
     """Forward every member of ``pop``: ``torch.func.vmap(nf.apply)`` with a safety net.
 
-    ``in_dims`` describes ``args`` as in ``torch.func.vmap`` (default: every argument shared by
-    all members). Keyword arguments are shared. A population with several batch dimensions
+    ``in_dims`` describes ``args`` as in ``torch.func.vmap``: one int for every argument, or a
+    tuple (or list) with an int or ``None`` per argument; the default ``None`` shares every
+    argument with all members. A mapped argument must be a tensor holding the population's
+    batch shape at that dim (checked first: a typed error otherwise); a negative dim counts
+    from the end, for a population with one batch dimension. Keyword arguments are shared. A population with several batch dimensions
     (``nf.stack`` of populations) is mapped over each of them; a mapped argument then carries
     the whole batch shape from its ``in_dims`` position on. Where torch has no batching rule for
     an op the model uses (``nn.LSTM``/``nn.GRU`` in torch 2.13), it runs the members one by one
@@ -182,9 +205,7 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
     """
     members(pop, "vmap_apply")
     batch = tuple(pop.batch_shape)
-    dims = (None,) * len(args) if in_dims is None else tuple(in_dims)
-    if len(dims) != len(args):
-        raise SchemaError(f"vmap_apply: in_dims has {len(dims)} entries for {len(args)} arguments")
+    dims = _in_dims(in_dims, args, batch)
 
     def one(p: Particle, *xs: Any) -> Any:
         return apply(p, *xs, **kwargs)
@@ -202,6 +223,42 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
         warnings.warn(f"vmap_apply: {str(err).splitlines()[0]}; running the "
                       f"{math.prod(batch)} members one by one", VmapFallbackWarning, stacklevel=2)
     return _loop(one, pop, args, dims)
+
+
+def _in_dims(in_dims: Any, args: tuple, batch: tuple[int, ...]) -> tuple:
+    """One int or None per argument, each mapped argument checked against ``batch``."""
+    if in_dims is None:
+        return (None,) * len(args)
+    if isinstance(in_dims, int) and not isinstance(in_dims, bool):
+        dims: tuple = (in_dims,) * len(args)
+    elif isinstance(in_dims, (tuple, list)):
+        dims = tuple(in_dims)
+    else:
+        raise ArgumentTypeError(f"vmap_apply: in_dims must be None, an int or a tuple with an int "
+                                f"or None per argument, got {type(in_dims).__name__}")
+    if len(dims) != len(args):
+        raise SchemaError(f"vmap_apply: in_dims has {len(dims)} entries for {len(args)} arguments")
+    for i, (a, d) in enumerate(zip(args, dims)):
+        if d is None:
+            continue
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise ArgumentTypeError(f"vmap_apply: in_dims[{i}] must be an int or None, got "
+                                    f"{d!r:.40}; map a tensor argument (nested in_dims for "
+                                    "containers are not supported: pass their tensors as "
+                                    "arguments)")
+        if not isinstance(a, torch.Tensor):
+            raise ArgumentTypeError(f"vmap_apply: argument {i} is mapped (in_dims[{i}]={d}) but "
+                                    f"is a {type(a).__name__}; only tensors are mapped, give it "
+                                    "None to share it")
+        start = d + a.dim() if d < 0 else d
+        if d < 0 and len(batch) > 1:
+            raise SchemaError(f"vmap_apply: in_dims[{i}]={d}: a negative dim needs a population "
+                              f"with one batch dimension, this one has {batch}; use a "
+                              "non-negative dim")
+        if start < 0 or tuple(a.shape[start:start + len(batch)]) != batch:
+            raise SchemaError(f"vmap_apply: argument {i} must hold the population's batch shape "
+                              f"{batch} at dim {d} (in_dims[{i}]), got shape {tuple(a.shape)}")
+    return dims
 
 
 def _loop(one: Any, pop: Particle, args: tuple, dims: tuple) -> Any:

@@ -309,9 +309,6 @@ def test_config_of_a_non_string_path_is_typed(path):
         p.config(path)
 
 
-@pytest.mark.xfail(strict=True, reason="_population.py vmap_apply: in_dims=0 (an int, which "
-                   "torch.func.vmap accepts for every argument) raises a raw TypeError "
-                   "('int' object is not iterable)")
 def test_vmap_apply_takes_an_int_in_dims_like_torch_func_vmap():
     pop = nf.population(nn.Linear(3, 2), 4, generator=torch.Generator().manual_seed(0))
     xs = torch.randn(4, 5, 3)
@@ -322,8 +319,6 @@ def test_vmap_apply_takes_an_int_in_dims_like_torch_func_vmap():
     assert torch.allclose(out, nf.vmap_apply(pop, xs, in_dims=(0,)))
 
 
-@pytest.mark.xfail(strict=True, reason="_population.py stack/from_modules: a non-iterable "
-                   "argument raises Python's raw TypeError from list(...)")
 @pytest.mark.parametrize("call", [lambda: nf.stack(3), lambda: nf.stack(None),
                                   lambda: nf.from_modules(nn.Linear(2, 2))],
                          ids=["stack_int", "stack_none", "from_modules_module"])
