@@ -11,6 +11,7 @@ Arguments are checked before anything else: a path that is not a string is an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -375,7 +376,9 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
     ``"mean"`` (the default of every buffer): the (weighted) average of floating-point values,
     the maximum of integer counters; ``"keep"``: the first operand's value; ``"reset"``:
     ``value``, by default a snapshot of the buffer's value in ``p`` now (member 0 of a
-    population), recorded in the schema (with a module path, each buffer's own snapshot).
+    population), recorded in the schema (with a module path, each buffer's own snapshot). A
+    population without members has no such value: ``"reset"`` then needs ``value`` (a
+    SchemaError otherwise; shared buffers have their one value).
 
     >>> import torch, nytorch_func as nf
     >>> p = nf.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
@@ -414,11 +417,23 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
 
 
 def _current(q: Particle, spec: object) -> torch.Tensor:
-    """The value of buffer ``spec`` in ``q`` (member 0 of a population)."""
+    """The value of buffer ``spec`` in ``q`` (member 0 of a population; a shared buffer's one
+    tensor). A per-particle buffer of a population without members has no value to take: a
+    SchemaError asking for ``value=``."""
     s = q._schema
     i = s.leaf_index.get(spec.key)  # type: ignore[attr-defined]
-    t = s.shared[spec.key] if i is None else q._leaves[i]  # type: ignore[attr-defined]
-    return t.reshape((-1, *spec.shape))[0] if q.batch_shape else t  # type: ignore[attr-defined]
+    if i is None:
+        return s.shared[spec.key]  # type: ignore[attr-defined]
+    t = q._leaves[i]
+    if not q.batch_shape:
+        return t
+    if math.prod(q.batch_shape) == 0:
+        key = spec.key  # type: ignore[attr-defined]
+        raise SchemaError(f"configure_buffer: policy='reset' records member 0's value of "
+                          f"{key!r}, but the population (batch shape {tuple(q.batch_shape)}) "
+                          "has no members; pass value=... (one buffer) or configure a particle "
+                          "with members")
+    return t.reshape((-1, *spec.shape))[0]  # type: ignore[attr-defined]
 
 
 def _configure_module_buffers(q: Particle, path: str, policy: str,

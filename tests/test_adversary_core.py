@@ -327,8 +327,6 @@ def test_stack_of_a_non_sequence_is_typed(call):
         call()
 
 
-@pytest.mark.xfail(strict=True, reason="_edit.py _current: configure_buffer(policy='reset') of a "
-                   "population with no members reads member 0 and raises a raw IndexError")
 def test_reset_policy_of_an_empty_population_is_typed():
     pop = nf.population(nn.BatchNorm1d(3), 3)[0:0]
     with pytest.raises(nf.NytorchFuncError, match="configure_buffer"):
