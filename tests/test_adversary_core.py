@@ -350,9 +350,6 @@ class _NoTensors(nn.Module):
         return x
 
 
-@pytest.mark.xfail(strict=True, reason="_reduce.py mean/where and evolution/_variation.py "
-                   "_crossover: Particle._make is given no batch shape, so a population without "
-                   "leaves (all tensors shared, or none) comes back as a single particle")
 @pytest.mark.parametrize("op", ["mean_2d", "where", "uniform_crossover"])
 def test_leafless_populations_keep_their_batch_shape(op):
     pop = nf.population(nf.from_module(_NoTensors()), 4)
