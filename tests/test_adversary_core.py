@@ -364,10 +364,6 @@ def test_leafless_populations_keep_their_batch_shape(op):
 
 # 7. threads -------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_species.py Species.live_versions: iterates the "
-                   "WeakValueDictionary of versions without the lock, so an event appended by "
-                   "another thread raises 'dictionary changed size during iteration' (also "
-                   "nf.history and the error paths of touch and load(species=))")
 def test_live_versions_while_another_thread_appends_events():
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
