@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.utils._pytree as torch_pytree
 
 from ._arith import at_head, check_generator
 from ._bridge import apply, collect, from_module
@@ -188,10 +189,12 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
     """Forward every member of ``pop``: ``torch.func.vmap(nf.apply)`` with a safety net.
 
     ``in_dims`` describes ``args`` as in ``torch.func.vmap``: one int for every argument, or a
-    tuple (or list) with an int or ``None`` per argument; the default ``None`` shares every
-    argument with all members. A mapped argument must be a tensor holding the population's
-    batch shape at that dim (checked first: a typed error otherwise); a negative dim counts
-    from the end, for a population with one batch dimension. Keyword arguments are shared. A population with several batch dimensions
+    tuple (or list) with an entry per argument: an int, ``None``, or for a container argument
+    (dict, tuple, ...) a structure like it with an int or ``None`` per tensor; the default
+    ``None`` shares every argument with all members. Every mapped tensor must hold the
+    population's batch shape at that dim (checked first: a typed error otherwise); a negative
+    dim counts from the end, for a population with one batch dimension. Keyword arguments are
+    shared. A population with several batch dimensions
     (``nf.stack`` of populations) is mapped over each of them; a mapped argument then carries
     the whole batch shape from its ``in_dims`` position on. Where torch has no batching rule for
     an op the model uses (``nn.LSTM``/``nn.GRU`` in torch 2.13), it runs the members one by one
@@ -226,7 +229,7 @@ def vmap_apply(pop: Particle, /, *args: Any, in_dims: Any = None, **kwargs: Any)
 
 
 def _in_dims(in_dims: Any, args: tuple, batch: tuple[int, ...]) -> tuple:
-    """One int or None per argument, each mapped argument checked against ``batch``."""
+    """One in_dims entry per argument, every mapped tensor checked against ``batch``."""
     if in_dims is None:
         return (None,) * len(args)
     if isinstance(in_dims, int) and not isinstance(in_dims, bool):
@@ -234,38 +237,69 @@ def _in_dims(in_dims: Any, args: tuple, batch: tuple[int, ...]) -> tuple:
     elif isinstance(in_dims, (tuple, list)):
         dims = tuple(in_dims)
     else:
-        raise ArgumentTypeError(f"vmap_apply: in_dims must be None, an int or a tuple with an int "
-                                f"or None per argument, got {type(in_dims).__name__}")
+        raise ArgumentTypeError(f"vmap_apply: in_dims must be None, an int or a tuple with an "
+                                f"entry per argument, got {type(in_dims).__name__}")
     if len(dims) != len(args):
         raise SchemaError(f"vmap_apply: in_dims has {len(dims)} entries for {len(args)} arguments")
     for i, (a, d) in enumerate(zip(args, dims)):
-        if d is None:
-            continue
-        if isinstance(d, bool) or not isinstance(d, int):
-            raise ArgumentTypeError(f"vmap_apply: in_dims[{i}] must be an int or None, got "
-                                    f"{d!r:.40}; map a tensor argument (nested in_dims for "
-                                    "containers are not supported: pass their tensors as "
-                                    "arguments)")
-        if not isinstance(a, torch.Tensor):
-            raise ArgumentTypeError(f"vmap_apply: argument {i} is mapped (in_dims[{i}]={d}) but "
-                                    f"is a {type(a).__name__}; only tensors are mapped, give it "
-                                    "None to share it")
-        start = d + a.dim() if d < 0 else d
-        if d < 0 and len(batch) > 1:
-            raise SchemaError(f"vmap_apply: in_dims[{i}]={d}: a negative dim needs a population "
-                              f"with one batch dimension, this one has {batch}; use a "
-                              "non-negative dim")
-        if start < 0 or tuple(a.shape[start:start + len(batch)]) != batch:
-            raise SchemaError(f"vmap_apply: argument {i} must hold the population's batch shape "
-                              f"{batch} at dim {d} (in_dims[{i}]), got shape {tuple(a.shape)}")
+        for leaf, dim in _mapped_leaves(a, d, f"argument {i}", f"in_dims[{i}]"):
+            _check_mapped(leaf, dim, batch, f"argument {i}", f"in_dims[{i}]")
     return dims
+
+
+def _mapped_leaves(a: Any, d: Any, name: str, where: str) -> list[tuple[Any, int]]:
+    """``(leaf, dim)`` for every leaf of argument ``a`` that ``d`` maps (a pytree prefix of
+    ``a``, as torch.func.vmap reads it: an int maps every leaf under it)."""
+    if d is None:
+        return []
+    if isinstance(d, int) and not isinstance(d, bool) and isinstance(a, torch.Tensor):
+        return [(a, d)]
+    flat, spec = torch_pytree.tree_flatten(a)
+    leaf_dims = torch_pytree._broadcast_to_and_flatten(d, spec)
+    if leaf_dims is None:
+        raise ArgumentTypeError(f"vmap_apply: {where}={d!r:.60} does not match the structure of "
+                                f"{name} ({type(a).__name__}); give an int or None, or a "
+                                "structure like the argument's with an int or None per tensor")
+    out = []
+    for leaf, dim in zip(flat, leaf_dims):
+        if dim is None:
+            continue
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ArgumentTypeError(f"vmap_apply: {where} must hold ints or None, got {dim!r:.40}")
+        out.append((leaf, dim))
+    return out
+
+
+def _check_mapped(leaf: Any, d: int, batch: tuple[int, ...], name: str, where: str) -> None:
+    if not isinstance(leaf, torch.Tensor):
+        raise ArgumentTypeError(f"vmap_apply: {name} is mapped ({where}={d}) but holds a "
+                                f"{type(leaf).__name__}; only tensors are mapped, give it None "
+                                "to share it")
+    if d < 0 and len(batch) > 1:
+        raise SchemaError(f"vmap_apply: {where}={d}: a negative dim needs a population with one "
+                          f"batch dimension, this one has {batch}; use a non-negative dim")
+    start = d + leaf.dim() if d < 0 else d
+    if start < 0 or tuple(leaf.shape[start:start + len(batch)]) != batch:
+        raise SchemaError(f"vmap_apply: {name} must hold the population's batch shape {batch} "
+                          f"at dim {d} ({where}), got a tensor of shape {tuple(leaf.shape)}")
+
+
+def _select(a: Any, d: Any, i: int) -> Any:
+    """Member ``i`` of argument ``a`` mapped by ``d`` (None, an int or a pytree prefix)."""
+    if d is None:
+        return a
+    if isinstance(d, int) and isinstance(a, torch.Tensor):
+        return a.select(d, i)
+    flat, spec = torch_pytree.tree_flatten(a)
+    leaf_dims = torch_pytree._broadcast_to_and_flatten(d, spec)
+    return torch_pytree.tree_unflatten(
+        [x if dim is None else x.select(dim, i) for x, dim in zip(flat, leaf_dims)], spec)
 
 
 def _loop(one: Any, pop: Particle, args: tuple, dims: tuple) -> Any:
     """``one`` over the members along the first batch dim (recursively), outputs stacked."""
     if not pop.batch_shape:
         return one(pop, *args)
-    outs = [_loop(one, member, tuple(a if d is None else a.select(d, i)
-                                     for a, d in zip(args, dims)), dims)
+    outs = [_loop(one, member, tuple(_select(a, d, i) for a, d in zip(args, dims)), dims)
             for i, member in enumerate(pop)]
-    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+    return torch_pytree.tree_map(lambda *xs: torch.stack(xs), *outs)

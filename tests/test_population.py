@@ -294,14 +294,18 @@ def test_vmap_apply_int_in_dims_on_the_fallback_path_and_two_batch_dims():
 @pytest.mark.parametrize("args, in_dims, error, match", [
     ((torch.randn(4, 5, 3),), "0", nf.ArgumentTypeError, "in_dims must be None, an int or a tuple"),
     ((torch.randn(4, 5, 3),), True, nf.ArgumentTypeError, "in_dims must be None, an int or a tuple"),
-    ((torch.randn(4, 5, 3),), ({"x": 0},), nf.ArgumentTypeError, r"in_dims\[0\] must be an int"),
-    ((torch.randn(4, 5, 3), 2.0), 0, nf.ArgumentTypeError, "argument 1 is mapped .* is a float"),
-    ((torch.randn(3, 5, 3),), 0, nf.SchemaError, r"batch shape \(4,\) at dim 0 .* got shape \(3, 5, 3\)"),
+    ((torch.randn(4, 5, 3),), ({"x": 0},), nf.ArgumentTypeError,
+     r"in_dims\[0\]=\{'x': 0\} does not match the structure of argument 0"),
+    (({"x": torch.randn(4, 5, 3)},), ({"x": "0"},), nf.ArgumentTypeError, "must hold ints or None"),
+    (({"x": torch.randn(4, 5, 3), "n": 2},), 0, nf.ArgumentTypeError,
+     r"argument 0 is mapped \(in_dims\[0\]=0\) but holds a int"),
+    ((torch.randn(4, 5, 3), 2.0), 0, nf.ArgumentTypeError, "argument 1 is mapped .* holds a float"),
+    ((torch.randn(3, 5, 3),), 0, nf.SchemaError, r"batch shape \(4,\) at dim 0 .* shape \(3, 5, 3\)"),
     ((torch.randn(4, 5, 3),), 5, nf.SchemaError, r"batch shape \(4,\) at dim 5"),
     ((torch.randn(4, 5, 3),), -7, nf.SchemaError, r"at dim -7"),
     ((torch.randn(4, 5, 3),), (0, None), nf.SchemaError, "in_dims has 2 entries for 1 arguments"),
-], ids=["str", "bool", "nested", "float_mapped", "wrong_size", "dim_too_large", "negative_out",
-        "length"])
+], ids=["str", "bool", "nested_for_a_tensor", "nested_str", "int_leaf_mapped", "float_mapped",
+        "wrong_size", "dim_too_large", "negative_out", "length"])
 def test_vmap_apply_refuses_bad_in_dims_before_running(args, in_dims, error, match):
     pop = nf.population(nn.Linear(3, 2), 4)
     with pytest.raises(error, match=match):
@@ -340,3 +344,29 @@ def test_stack_and_from_modules_take_any_iterable_and_a_module_list():
     pop = nf.from_modules(models)
     assert pop.batch_shape == (3,) and torch.equal(pop["weight"][2], models[2].weight)
     assert nf.from_modules(iter(models)).batch_shape == (3,)
+
+
+class _DictInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, batch):
+        return self.lin(batch["x"]) * batch["scale"]
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_vmap_apply_maps_container_arguments_by_a_structure_of_in_dims(fallback, monkeypatch):
+    pop = nf.population(_DictInput(), 4, generator=torch.Generator().manual_seed(0))
+    batch = {"x": torch.randn(4, 5, 3), "scale": torch.tensor(2.0)}
+    want = torch.stack([nf.apply(pop[i], {"x": batch["x"][i], "scale": batch["scale"]})
+                        for i in range(4)])
+    if fallback:  # the members one by one, as for a model without a batching rule
+        def refuse(*a, **k):
+            raise RuntimeError("Batching rule not implemented for aten::test")
+        monkeypatch.setattr(torch.func, "vmap", lambda fn, in_dims: refuse)
+        with pytest.warns(nf.VmapFallbackWarning):
+            got = nf.vmap_apply(pop, batch, in_dims=({"x": 0, "scale": None},))
+    else:
+        got = nf.vmap_apply(pop, batch, in_dims=({"x": 0, "scale": None},))
+    torch.testing.assert_close(got, want)
