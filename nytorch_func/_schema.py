@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._config import ParamConfig
-from ._errors import SchemaError, frozen
+from ._errors import ArgumentTypeError, SchemaError, frozen
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -346,7 +346,13 @@ class Schema:
         return tuple(s for s in self.specs if s.kind == "buffer")
 
     def spec(self, path: str, *, kind: str | None = None, what: str = "") -> TensorSpec:
-        """The spec at ``path`` (any alias), or a SchemaError that names close matches."""
+        """The spec at ``path`` (any alias), or a SchemaError that names close matches.
+
+        A ``path`` that is not a string is an :class:`ArgumentTypeError` naming ``what``.
+        """
+        if not isinstance(path, str):
+            raise ArgumentTypeError(f"{what or 'schema'}: path must be a dotted name like "
+                                    f"'encoder.weight', got {path!r:.60} ({type(path).__name__})")
         spec = self.by_path.get(path)
         if spec is None or (kind is not None and spec.kind != kind):
             noun = {"param": "parameter", "buffer": "buffer", None: "parameter or buffer"}[kind]
