@@ -205,7 +205,7 @@ def _slots(s: Schema, spec: TensorSpec) -> list[str]:
     seen, out = set(), []
     for path in spec.paths:
         parent_path, _, name = path.rpartition(".")
-        slot = (id(s.skeleton.get_submodule(parent_path)), name)
+        slot = (id(s._skeleton.get_submodule(parent_path)), name)
         if slot not in seen:
             seen.add(slot)
             out.append(path)
@@ -241,11 +241,11 @@ def _call(p: Particle, tensors: dict[str, torch.Tensor], args: tuple, kwargs: di
     """
     s = p._schema
     if torch.compiler.is_compiling():
-        with _mode(s.skeleton, p._training), _restoring(s.skeleton):
-            return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False,
+        with _mode(s._skeleton, p._training), _restoring(s._skeleton):
+            return functional_call(s._skeleton, tensors, args, kwargs, tie_weights=False,
                                    strict=False)
-    with s.species._call_lock, _mode(s.skeleton, p._training), _restoring(s.skeleton):
-        return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
+    with s.species._call_lock, _mode(s._skeleton, p._training), _restoring(s._skeleton):
+        return functional_call(s._skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
 
 
 @contextlib.contextmanager
@@ -382,13 +382,13 @@ def _copy_module(p: Particle, s: Schema, copy: bool) -> nn.Module:
         for path in spec.paths:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = tensor
     memo[id(memo)] = []
-    module = _copy.deepcopy(s.skeleton, memo)
+    module = _copy.deepcopy(s._skeleton, memo)
     if p._training is not None:  # p.train()/p.eval() set every module; else keep each one's mode
         module.train(p._training)
     return module
 
 
 def _skeleton_tensor(s: Schema, path: str, kind: str) -> torch.Tensor:
-    return s.skeleton.get_parameter(path) if kind == "param" else s.skeleton.get_buffer(path)
+    return s._skeleton.get_parameter(path) if kind == "param" else s._skeleton.get_buffer(path)
 
 

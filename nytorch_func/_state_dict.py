@@ -29,7 +29,7 @@ __all__ = ["state_dict", "load_state_dict", "adopt"]
 def _keys(s: Schema) -> list[str]:
     """``nn.Module.state_dict``'s keys for the skeleton, in its order (without extra state)."""
     out = []
-    for prefix, m in s.skeleton.named_modules(remove_duplicate=False):
+    for prefix, m in s._skeleton.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
         out += [dot + k for k, t in m._parameters.items() if t is not None]
         out += [dot + k for k, t in m._buffers.items()
@@ -212,7 +212,7 @@ def adopt(module: nn.Module, specs: list[TensorSpec], values: list[torch.Tensor]
               for spec in specs for path in spec.paths}
     ours = _tensor_layout(head)
     problems = _differences(ours, theirs)
-    have = [(p, type(m)) for p, m in head.skeleton.named_modules(remove_duplicate=False)]
+    have = [(p, type(m)) for p, m in head._skeleton.named_modules(remove_duplicate=False)]
     got = [(p, type(m)) for p, m in module.named_modules(remove_duplicate=False)]
     if have != got:
         mods_h, mods_g = dict(have), dict(got)

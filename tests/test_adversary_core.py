@@ -27,9 +27,6 @@ def _mlp() -> nn.Module:
 
 # 1. immutability: no mutable state of the species leaks through a frozen object ------------------
 
-@pytest.mark.xfail(strict=True, reason="_schema.py Schema.module_at/skeleton: hands out the live "
-                   "skeleton module every particle of the species runs; assigning to it changes "
-                   "every particle's forward pass (no FrozenError)")
 def test_skeleton_modules_from_a_schema_cannot_change_other_particles():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)))
