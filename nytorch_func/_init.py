@@ -46,7 +46,7 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
     src = dict(zip(s.leaf_keys, source._leaves))
     values: Values = {}  # batched (n, *shape) values decided so far, by leaf key
     owned = _owned_leaves(s)
-    for path, module in _post_order(s.skeleton):
+    for path, module in _post_order(s._skeleton):
         reset = _recognised(module)
         if reset is not None:
             for name, value in reset(module, n, generator, owned.get(path, {})).items():
