@@ -143,10 +143,6 @@ class _CachesABuffer(nn.Module):
         return x @ self.cache
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _restoring: checks module __dict__ entries by "
-                   "identity only, so a buffer registered in forward (an entry added to the "
-                   "_buffers dict in place) stays in the shared skeleton with the first "
-                   "particle's values, and every later particle's forward reads them")
 def test_a_buffer_registered_in_forward_does_not_reach_another_particle():
     torch.manual_seed(0)
     p = nf.from_module(_CachesABuffer())
@@ -168,10 +164,6 @@ class _SwapsItsActivation(nn.Module):
         return self.act(self.lin(x))
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _restoring: a submodule assigned (or deleted) "
-                   "in forward changes the _modules dict in place, which the identity check of "
-                   "__dict__ does not see; the shared skeleton keeps it, so the next forward of "
-                   "any particle differs")
 def test_a_submodule_assigned_in_forward_does_not_reach_the_next_call():
     torch.manual_seed(0)
     p = nf.from_module(_SwapsItsActivation())
@@ -181,10 +173,6 @@ def test_a_submodule_assigned_in_forward_does_not_reach_the_next_call():
     assert "act" not in p.schema.skeleton._modules
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _tensors/apply: parameters are swapped into the "
-                   "skeleton as the particle's own tensors, so a forward that changes a "
-                   "parameter in place (nn.Embedding(max_norm=...) renormalises its weight) "
-                   "changes the particle nf.apply promises never to change")
 def test_apply_of_an_embedding_with_max_norm_leaves_the_particle_unchanged():
     torch.manual_seed(0)
     p = nf.from_module(nn.Embedding(10, 4, max_norm=1.0))
@@ -214,10 +202,6 @@ def _agrees(p: nf.Particle) -> bool:
     return all(spec.matches(t, batch) for spec, t in zip(p.schema.leaf_specs, p.leaves))
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py apply_with_state: takes whatever tensor the "
-                   "forward assigned to a buffer, so a float64 input or another batch size gives "
-                   "p_after leaves of another dtype/shape than the schema's (nf.save then refuses "
-                   "it); cast to the schema dtype or refuse, typed")
 def test_apply_with_state_returns_leaves_that_agree_with_the_schema():
     p = nf.from_module(_RunningMean())
     x = torch.randn(5, 3, dtype=torch.float64)
@@ -228,10 +212,6 @@ def test_apply_with_state_returns_leaves_that_agree_with_the_schema():
     assert _agrees(after)
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _mode: skips the mode switch when the root "
-                   "module already has the asked mode, so p.eval() of a model whose root is in eval "
-                   "but a child (BatchNorm) in train keeps that child training (batch statistics), "
-                   "while nf.to_module(p.eval()) and nn.Module.eval() put every module in eval")
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_particle_mode_reaches_every_submodule(mode):
     torch.manual_seed(0)
