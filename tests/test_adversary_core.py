@@ -232,10 +232,6 @@ def test_particle_mode_reaches_every_submodule(mode):
 
 # 2/6. from_module(like=): the joined particle is the module it came from --------------------------
 
-@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: from_module(m, like=p) compares only "
-                   "tensors and module classes; a module whose attributes differ (a LeakyReLU "
-                   "slope, a Dropout rate, a BatchNorm eps) joins silently and then runs with the "
-                   "species' attributes, not its own")
 def test_from_module_like_refuses_or_keeps_differing_attributes():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)))
@@ -248,9 +244,6 @@ def test_from_module_like_refuses_or_keeps_differing_attributes():
     assert torch.allclose(nf.apply(q, x), m(x))
 
 
-@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: the particle made by "
-                   "from_module(m, like=p) runs in the species' mode, not m's: an m in eval "
-                   "mode gives a particle whose forward uses batch statistics (training=True)")
 def test_from_module_like_keeps_the_modules_mode():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)))
