@@ -33,7 +33,7 @@ def is_indexed(module: nn.Module | None) -> bool:
 
 def container_at(schema: Schema, path: str, what: str) -> nn.Module:
     """The ``Sequential``/``ModuleList`` at ``path`` in ``schema``, or a SchemaError."""
-    module = schema.module_at(path)
+    module = schema._module_at(path)
     if not is_indexed(module):
         got = "nothing" if module is None else type(module).__name__
         raise SchemaError(f"{what}: {path!r} is {got} in version {schema.version}; only the "
@@ -84,7 +84,7 @@ def _renamed(schema: Schema, container: str, moves: dict[str, str],
 
 
 def _keys(schema: Schema, container: str) -> list[str]:
-    return list(schema.module_at(container)._modules)  # type: ignore[union-attr]
+    return list(schema._module_at(container)._modules)  # type: ignore[union-attr]
 
 
 def _inserted(keys: list[str], index: int, n: int) -> tuple[list[str], dict[str, str]]:
@@ -128,7 +128,7 @@ class InsertModules(Event):
                               f"{self.container or '<root>'!r} ({type(parent).__name__} of {n})")
         keys = list(parent._modules)
         new_keys, moves = _inserted(keys, self.index, len(self.skeletons))
-        skeleton, container = copy_path(schema.skeleton, self.container)
+        skeleton, container = copy_path(schema._skeleton, self.container)
         children = list(container._modules.values())
         children[self.index:self.index] = list(self.skeletons)
         container.__dict__["_modules"] = dict(zip(new_keys, children))
@@ -220,7 +220,7 @@ class DelChild(DelModule):
         container_at(schema, container_path, "del_module")
         gone = module_paths_gone(schema, self.path, "del_module")
         new_keys, moves = _deleted(_keys(schema, container_path), name)
-        skeleton, container = copy_path(schema.skeleton, container_path)
+        skeleton, container = copy_path(schema._skeleton, container_path)
         children = [c for k, c in container._modules.items() if k != name]
         container.__dict__["_modules"] = dict(zip(new_keys, children))
         drop, replace, shared = drop_paths(schema, gone)

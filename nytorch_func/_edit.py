@@ -273,7 +273,7 @@ def del_module(p: Particle, path: str) -> Particle:
 
     def build(q: Particle) -> tuple[Event, dict]:
         container, name = split_path(path)
-        parent = q._schema.module_at(container)
+        parent = q._schema._module_at(container)
         if is_indexed(parent) and parent._modules.get(name) is not None:  # type: ignore[union-attr]
             return DelChild(path), {}
         return DelModule(path), {}
@@ -402,7 +402,7 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
         s = q._schema
         spec = s.by_path.get(path)
         if (spec is None or spec.kind != "buffer") and (path == "" or (
-                spec is None and s.module_at(path) is not None)):
+                spec is None and s._module_at(path) is not None)):
             return _configure_module_buffers(q, path, policy, value), {}
         snap = None
         if policy == "reset":

@@ -103,7 +103,7 @@ def _paths(value: Any, what: str, name: str, *, required: bool = False) -> tuple
 
 
 def _module(schema: Schema, path: str, kinds: tuple, what: str, role: str) -> nn.Module:
-    module = schema.module_at(path)
+    module = schema._module_at(path)
     if module is None:
         raise SchemaError(f"{what}: no module at {path!r} in version {schema.version}")
     if not isinstance(module, kinds) or type(module).__name__.startswith("Lazy"):
@@ -395,7 +395,7 @@ def deepen(p: Particle, after: str, *, activation: "nn.Module | type | None" = N
 
     def build(q: Particle) -> tuple[Event, dict]:
         container, name = split_path(after)
-        parent = q._schema.module_at(container)
+        parent = q._schema._module_at(container)
         if not (isinstance(parent, nn.Sequential) and parent._modules.get(name) is not None):
             raise SchemaError(f"deepen: {after!r} is not a child of an nn.Sequential in version "
                               f"{q._schema.version}; deepen inserts into a Sequential")
@@ -432,7 +432,7 @@ _SPATIAL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d
 
 def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Module:
     """An identity ``Linear``/``Conv`` as wide as the last one among children ``0..at``."""
-    children = list(q._schema.module_at(container)._modules.items())  # type: ignore[union-attr]
+    children = list(q._schema._module_at(container)._modules.items())  # type: ignore[union-attr]
     between: list[nn.Module] = []
     for i in range(at, -1, -1):
         key, m = children[i]

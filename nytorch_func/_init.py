@@ -47,7 +47,7 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
     src = dict(zip(s.leaf_keys, source._leaves))
     values: Values = {}  # batched (n, *shape) values decided so far, by leaf key
     owned = _owned_leaves(s)
-    for path, module in _post_order(s.skeleton):
+    for path, module in _post_order(s._skeleton):
         reset = _recognised(module)
         if reset is not None:
             own = owned.get(path, {})
@@ -147,7 +147,7 @@ def _owned_leaves(s: Schema) -> dict[str, dict[str, TensorSpec]]:
         owner = spec.key
         if len(spec.paths) > 1:
             owner = next((p for p in spec.paths if isinstance(
-                s.module_at(p.rpartition(".")[0]), (nn.Embedding, nn.EmbeddingBag))), owner)
+                s._module_at(p.rpartition(".")[0]), (nn.Embedding, nn.EmbeddingBag))), owner)
         parent, _, name = owner.rpartition(".")
         out.setdefault(parent, {})[name] = spec
     return out
@@ -180,7 +180,7 @@ def _kaiming_bound(fan_in: int) -> float:
 
 def _linear_like(m: nn.Module, n: int, g: torch.Generator | None, own: dict) -> Values:
     """``nn.Linear`` and ``_ConvNd``: kaiming-uniform weight, uniform bias of bound 1/sqrt(fan_in)."""
-    weight = m.weight  # (the skeleton's: its shape gives fan_in even when it is tied elsewhere)
+    weight = getattr(m, "weight", None)  # (the skeleton's: its shape gives fan_in even when tied)
     if weight is None or not weight.shape or 0 in weight.shape:
         return {}
     fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)

@@ -79,7 +79,7 @@ def schema_difference(a: Schema, b: Schema) -> str | None:
         if why is not None:
             return why
     return (difference(dict(a.shared), dict(b.shared), "shared tensors")
-            or difference(a.skeleton, b.skeleton, "module skeleton"))
+            or difference(a._skeleton, b._skeleton, "module skeleton"))
 
 
 def difference(a: Any, b: Any, where: str) -> str | None:

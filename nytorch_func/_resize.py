@@ -112,7 +112,7 @@ class Resize(Event):
     def apply(self, schema: Schema) -> Schema:
         modules = {split_path(path)[0] for key, *_ in self.tensors
                    for path in schema.spec(key, what="resize").paths}
-        skeleton, copied = copy_paths(schema.skeleton,
+        skeleton, copied = copy_paths(schema._skeleton,
                                       sorted(modules | {m for m, _, _ in self.attrs}))
         replace, shared = {}, None
         for key, shape, dims, fill in self.tensors:

@@ -62,10 +62,10 @@ def test_lstm_forward_leaves_the_skeleton_alone():
     nn.LSTM.__setattr__, which rebuilt _flat_weights, and restoring left the particle's real
     tensors there (law 'apply_pure'); fixed on main with pure forward passes."""
     p = _lstm_particle()
-    before = [id(t) for t in p.schema.skeleton._flat_weights]
+    before = [id(t) for t in p.schema._skeleton._flat_weights]
     nf.apply(p, torch.randn(4, 2))
-    assert [id(t) for t in p.schema.skeleton._flat_weights] == before
-    assert all(t.is_meta for t in p.schema.skeleton._flat_weights)
+    assert [id(t) for t in p.schema._skeleton._flat_weights] == before
+    assert all(t.is_meta for t in p.schema._skeleton._flat_weights)
 
 
 def test_save_after_an_lstm_forward(tmp_path):

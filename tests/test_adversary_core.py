@@ -27,9 +27,6 @@ def _mlp() -> nn.Module:
 
 # 1. immutability: no mutable state of the species leaks through a frozen object ------------------
 
-@pytest.mark.xfail(strict=True, reason="_schema.py Schema.module_at/skeleton: hands out the live "
-                   "skeleton module every particle of the species runs; assigning to it changes "
-                   "every particle's forward pass (no FrozenError)")
 def test_skeleton_modules_from_a_schema_cannot_change_other_particles():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)))
@@ -117,10 +114,6 @@ class _CachesABuffer(nn.Module):
         return x @ self.cache
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _restoring: checks module __dict__ entries by "
-                   "identity only, so a buffer registered in forward (an entry added to the "
-                   "_buffers dict in place) stays in the shared skeleton with the first "
-                   "particle's values, and every later particle's forward reads them")
 def test_a_buffer_registered_in_forward_does_not_reach_another_particle():
     torch.manual_seed(0)
     p = nf.from_module(_CachesABuffer())
@@ -142,10 +135,6 @@ class _SwapsItsActivation(nn.Module):
         return self.act(self.lin(x))
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _restoring: a submodule assigned (or deleted) "
-                   "in forward changes the _modules dict in place, which the identity check of "
-                   "__dict__ does not see; the shared skeleton keeps it, so the next forward of "
-                   "any particle differs")
 def test_a_submodule_assigned_in_forward_does_not_reach_the_next_call():
     torch.manual_seed(0)
     p = nf.from_module(_SwapsItsActivation())
@@ -155,10 +144,6 @@ def test_a_submodule_assigned_in_forward_does_not_reach_the_next_call():
     assert "act" not in p.schema.skeleton._modules
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _tensors/apply: parameters are swapped into the "
-                   "skeleton as the particle's own tensors, so a forward that changes a "
-                   "parameter in place (nn.Embedding(max_norm=...) renormalises its weight) "
-                   "changes the particle nf.apply promises never to change")
 def test_apply_of_an_embedding_with_max_norm_leaves_the_particle_unchanged():
     torch.manual_seed(0)
     p = nf.from_module(nn.Embedding(10, 4, max_norm=1.0))
@@ -188,10 +173,6 @@ def _agrees(p: nf.Particle) -> bool:
     return all(spec.matches(t, batch) for spec, t in zip(p.schema.leaf_specs, p.leaves))
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py apply_with_state: takes whatever tensor the "
-                   "forward assigned to a buffer, so a float64 input or another batch size gives "
-                   "p_after leaves of another dtype/shape than the schema's (nf.save then refuses "
-                   "it); cast to the schema dtype or refuse, typed")
 def test_apply_with_state_returns_leaves_that_agree_with_the_schema():
     p = nf.from_module(_RunningMean())
     x = torch.randn(5, 3, dtype=torch.float64)
@@ -202,10 +183,6 @@ def test_apply_with_state_returns_leaves_that_agree_with_the_schema():
     assert _agrees(after)
 
 
-@pytest.mark.xfail(strict=True, reason="_bridge.py _mode: skips the mode switch when the root "
-                   "module already has the asked mode, so p.eval() of a model whose root is in eval "
-                   "but a child (BatchNorm) in train keeps that child training (batch statistics), "
-                   "while nf.to_module(p.eval()) and nn.Module.eval() put every module in eval")
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_particle_mode_reaches_every_submodule(mode):
     torch.manual_seed(0)
@@ -226,10 +203,6 @@ def test_particle_mode_reaches_every_submodule(mode):
 
 # 2/6. from_module(like=): the joined particle is the module it came from --------------------------
 
-@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: from_module(m, like=p) compares only "
-                   "tensors and module classes; a module whose attributes differ (a LeakyReLU "
-                   "slope, a Dropout rate, a BatchNorm eps) joins silently and then runs with the "
-                   "species' attributes, not its own")
 def test_from_module_like_refuses_or_keeps_differing_attributes():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)))
@@ -242,9 +215,6 @@ def test_from_module_like_refuses_or_keeps_differing_attributes():
     assert torch.allclose(nf.apply(q, x), m(x))
 
 
-@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: the particle made by "
-                   "from_module(m, like=p) runs in the species' mode, not m's: an m in eval "
-                   "mode gives a particle whose forward uses batch statistics (training=True)")
 def test_from_module_like_keeps_the_modules_mode():
     torch.manual_seed(0)
     p = nf.from_module(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)))

@@ -126,10 +126,6 @@ def test_per_member_zero_momentum_ignores_dampening_like_torch():
 
 # --- values in and out of torch's format ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_state_dict.py adopt: from_module(module, like=p) makes "
-                   "the particle with training=None, so a module in eval mode joins as a training "
-                   "particle (plain from_module keeps eval): BatchNorm then normalises by batch "
-                   "statistics and nf.apply differs from the module")
 def test_from_module_like_keeps_the_modules_eval_mode():
     p = nf.from_module(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)))
     m = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).eval()

@@ -242,3 +242,10 @@ def test_a_factory_with_bad_arguments_is_refused(kwargs, error):
         nf.population(_SmallNormal, **kwargs)
     with pytest.raises(TypeError, match="must return an nn.Module"):
         nf.population(lambda: 3, 2)
+
+
+def test_a_linear_without_its_weight_keeps_its_bias_drawn():
+    """Found by the checkpoint round-trip property: the tied-weight change read m.weight."""
+    p = nf.del_param(nf.from_module(nn.Linear(3, 2)), "weight")
+    pop = nf.population(p, 2, generator=torch.Generator().manual_seed(0))
+    assert list(pop.params) == ["bias"] and pop["bias"].shape == (2, 2)

@@ -182,7 +182,7 @@ def _replace(view: View, path: str, module: nn.Module, code: str | None) -> Edit
     """Delete the block at ``path`` and put ``module`` in: back in its place in a
     Sequential/ModuleList (``nf.insert_module``), under its name elsewhere (``nf.add_module``)."""
     parent, _, name = path.rpartition(".")
-    indexed = name.isdigit() and isinstance(view.schema.module_at(parent),
+    indexed = name.isdigit() and isinstance(view.schema._module_at(parent),
                                             (nn.Sequential, nn.ModuleList))
     return Edit("replace_module", path, module, (("index", int(name)),) if indexed else (),
                 code=code)
@@ -191,7 +191,7 @@ def _replace(view: View, path: str, module: nn.Module, code: str | None) -> Edit
 def _draw_replace(draw: DrawFn, view: View, targets: Sequence[Any]) -> Edit:
     if view.new_modules is not None:
         module = draw(view.new_modules)
-        same = [m for m in targets if type(view.schema.module_at(m)) is type(module)]
+        same = [m for m in targets if type(view.schema._module_at(m)) is type(module)]
         if same:
             path = draw(st.sampled_from(same))
             edit = _replace(view, path, module, pretty(module) or code_value(module))
