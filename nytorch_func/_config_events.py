@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from ._config import ParamConfig
-from ._errors import SchemaError
+from ._errors import ArgumentTypeError, SchemaError
 from ._events import Event, Leaves, Migration, recipient_copy, record, select_by_path
 from ._schema import Schema, TensorSpec
 
@@ -127,6 +127,9 @@ class ConfigureBuffers(Event):
 def _with_policy(spec: TensorSpec, policy: str, value: torch.Tensor | None,
                  path: str) -> TensorSpec:
     """``spec`` with ``policy`` (and, for ``"reset"``, the checked reset ``value``)."""
+    if not isinstance(policy, str):
+        raise ArgumentTypeError(f"configure_buffer: policy for {path!r} must be one of "
+                                f"{BUFFER_POLICIES} (a str), got {type(policy).__name__}")
     if policy not in BUFFER_POLICIES:
         raise SchemaError(f"configure_buffer: policy for {path!r} must be one of "
                           f"{BUFFER_POLICIES}, got {policy!r}")

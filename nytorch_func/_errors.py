@@ -81,3 +81,34 @@ def expect(value: Any, kind: type | tuple[type, ...], what: str, noun: str) -> N
 def frozen(cls_name: str, name: str, hint: str) -> FrozenError:
     """The error an assignment to attribute ``name`` of a frozen ``cls_name`` raises."""
     return FrozenError(f"{cls_name} is immutable (cannot set {name!r}): {hint}")
+
+
+def frozen_dataclass(hint: str, **options: Any) -> Any:
+    """A class decorator: ``dataclasses.dataclass(frozen=True, **options)`` whose assignments
+    and deletions raise :class:`FrozenError` ending with ``hint`` (what to do instead).
+
+    ``dataclass(frozen=True)`` alone raises the bare ``FrozenInstanceError``, which is no
+    :class:`NytorchFuncError`, and installs it again in every class it decorates (subclasses
+    included), so each frozen class of the library is decorated by this.
+
+    >>> from nytorch_func._errors import frozen_dataclass
+    >>> @frozen_dataclass("make a new one")
+    ... class Point:
+    ...     x: int
+    >>> Point(1).x = 2
+    Traceback (most recent call last):
+    nytorch_func._errors.FrozenError: Point is immutable (cannot set 'x'): make a new one
+    """
+    def refuse_set(self: object, name: str, value: object) -> None:
+        raise frozen(type(self).__name__, name, hint)
+
+    def refuse_del(self: object, name: str) -> None:
+        raise frozen(type(self).__name__, name, hint)
+
+    def decorate(cls: type) -> type:
+        cls = dataclasses.dataclass(frozen=True, **options)(cls)
+        cls.__setattr__ = refuse_set  # type: ignore[method-assign, assignment]
+        cls.__delattr__ = refuse_del  # type: ignore[method-assign, assignment]
+        return cls
+
+    return decorate

@@ -319,6 +319,8 @@ CASES: list[Case] = [
       err(nf.SchemaError)),
     C("configure_buffer/bad_policy", lambda e: nf.configure_buffer(e.p, "mem", policy="avg"),
       err(nf.SchemaError, "policy")),
+    C("configure_buffer/policy_not_str", lambda e: nf.configure_buffer(e.p, "mem", policy=5),
+      err(nf.ArgumentTypeError, "policy")),
     # touch / history / diff / param_ids -------------------------------------------------------
     C("touch/not_a_particle", lambda e: nf.touch(e.net), err(E)),
     C("touch/to_string", lambda e: nf.touch(e.p, to="head"), err(T)),

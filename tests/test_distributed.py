@@ -376,3 +376,11 @@ def test_gather_and_broadcast_keep_the_batch_shape_of_leafless_populations(world
         assert nfd.shard(pop).gather().batch_shape == (5,)
         assert nfd.broadcast(pop).batch_shape == (5,)
         assert nfd.broadcast(nf.stack([pop] * 2)).batch_shape == (2, 5)
+
+
+def test_sharded_records_raise_the_typed_frozen_error(world_of_one):
+    sp = nfd.shard(nf.population(nn.Linear(2, 2), 3, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(nf.FrozenError, match="ShardedPopulation is immutable"):
+        sp.count = 2
+    with pytest.raises(nf.FrozenError):
+        del sp.local

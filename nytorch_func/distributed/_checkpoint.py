@@ -19,7 +19,6 @@ the job calls it first and goes on from the step it returns (``None``: no checkp
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from .._errors import CheckpointError
+from .._errors import CheckpointError, frozen_dataclass
 from .._errors import NytorchFuncError
 from .._io import _atomic_write, load, save
 from .._particle import Particle
@@ -57,7 +56,7 @@ class ShardedCheckpointError(DistributedError, CheckpointError):
     """
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@frozen_dataclass("what load_sharded found is a record: copy what you need out of it", eq=False)
 class ShardedCheckpoint:
     """What :func:`load_sharded` found: the population block, its step, the extras saved with it,
     and the replicated species' identity (rank 0's ``Species.uid`` when it was saved)."""

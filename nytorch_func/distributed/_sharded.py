@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .._errors import NytorchFuncError, SchemaError, SpeciesMismatchError
+from .._errors import NytorchFuncError, SchemaError, SpeciesMismatchError, frozen_dataclass
 from .._particle import Particle
 from .._reduce import combined, counter, reset_value
 from .._touch import touch
@@ -41,7 +41,8 @@ def split_sizes(total: int, world: int) -> list[int]:
     return [total // world + (1 if r < total % world else 0) for r in range(world)]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@frozen_dataclass("a ShardedPopulation is a value: derive the next one with nfd.shard(...) "
+                  "or dataclasses.replace(...)", eq=False)
 class ShardedPopulation:
     """This rank's block of a population of ``total`` members spread over ``world`` ranks.
 
