@@ -20,8 +20,8 @@ from ._edit import Edit
 from ._particles import random_particle, random_population
 from ._view import Forward
 
-__all__ = ["shows", "Run", "leaf_state", "same", "unchanged", "close", "kept", "twin_output", "expect",
-           "outputs", "same_particle", "module_classes"]
+__all__ = ["shows", "Run", "leaf_state", "same", "unchanged", "close", "kept", "twin_output",
+           "expect", "outputs", "same_particle", "module_classes"]
 
 
 @contextlib.contextmanager
