@@ -172,3 +172,15 @@ def test_inserting_before_children_with_shared_values_keeps_them(index, n):
         assert tuple(q[spec.key].shape) == tuple(spec.shape), spec.key
     x = torch.randn(4, 2)
     assert torch.equal(nf.apply(q, x), nf.apply(p, x))
+
+
+@_SHARED_RENAME
+def test_deepening_before_children_with_shared_values_keeps_them():
+    """The same through nf.deepen (found by tests/test_io_lossless.py under the ci profile:
+    nf.load then refused the checkpoint, its shared tensors not matching the shared specs)."""
+    nn = torch.nn
+    p = nf.from_module(nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1)))
+    p = nf.configure(p, "", operational=False, clone=False)
+    before = {s.pid: p[s.key] for s in p.schema.params}
+    q = nf.deepen(p, "0")
+    assert all(q[s.key] is before[s.pid] for s in q.schema.params if s.pid in before)
