@@ -19,6 +19,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._errors import ArgumentTypeError, SchemaError, SpeciesMismatchError
@@ -66,7 +67,10 @@ def align_all(what: str, *ps: Any) -> tuple[Any, ...]:
                 "(p.clone(), p.randn(), nf.population(p, n)) or put a separately built module "
                 "into the species with nf.from_module(module, like=p)")
     ps = tuple(at_head(q) for q in ps)
-    newest = max((q._schema for q in ps), key=lambda s: s.version)
+    newest = ps[0]._schema  # (a loop, not max(key=): torch.compile traces it)
+    for q in ps[1:]:
+        if q._schema.version > newest.version:
+            newest = q._schema
     out = []
     for q in ps:
         if q._schema is not newest:
@@ -182,13 +186,26 @@ def coefficient(p: Any, other: Any, what: str, *, members: bool = True
                 ) -> tuple[str, Any] | None:
     """Classify the non-particle operand of an operation: ``(kind, value)`` or None.
 
-    ``kind`` is ``"number"`` (a Python number: int, float, bool, or any real number converted
-    with ``float``; complex numbers only for complex parameters), ``"tensor0"`` (a 0-dim
-    tensor, one number for every parameter) or ``"batch"`` (one coefficient per population
-    member; checked against ``p``'s batch shape unless ``members=False``). None means "not a
-    coefficient" (the operator then returns NotImplemented).
+    ``kind`` is ``"number"`` (a Python number: int, float, or any real number converted with
+    ``float``; complex numbers only for complex parameters), ``"tensor0"`` (a 0-dim tensor, one
+    number for every parameter) or ``"batch"`` (one coefficient per population member; checked
+    against ``p``'s batch shape unless ``members=False``). None means "not a coefficient" (the
+    operator then returns NotImplemented).
+
+    A bool (Python, numpy or a bool tensor) counts as the integer 0 or 1, for every operator
+    (torch refuses ``tensor - True``, but a coefficient is cast to the leaf's dtype, where a
+    bool is a number). NumPy scalars count as the Python numbers they hold, and numpy arrays
+    as tensors (on the parameters' device).
     """
+    if isinstance(other, np.generic):
+        other = other.item()
+    if isinstance(other, np.ndarray):
+        other = _from_numpy(p, other, what)
+    if isinstance(other, bool):
+        return "number", int(other)
     if isinstance(other, torch.Tensor):
+        if other.dtype == torch.bool:
+            other = other.to(torch.int64)
         if other.is_complex() and not _computed_complex(p):
             raise _complex_refused(p, what)
         other = _on_device(p, other, what)
@@ -197,7 +214,7 @@ def coefficient(p: Any, other: Any, what: str, *, members: bool = True
         if members:
             _check_members(p, other, what)
         return "batch", other
-    if isinstance(other, (bool, int, float)):
+    if isinstance(other, (int, float)):
         return "number", other
     if isinstance(other, numbers.Real):  # Fraction, numpy floats, ...
         return "number", float(other)
@@ -210,6 +227,17 @@ def coefficient(p: Any, other: Any, what: str, *, members: bool = True
                                 "complex number torch can compute with; convert it with "
                                 "float(...)")
     return None
+
+
+def _from_numpy(p: Any, arr: np.ndarray, what: str) -> torch.Tensor:
+    idx = p._schema.op_index
+    device = p._schema.leaf_specs[idx[0]].device if idx else None
+    try:
+        return torch.as_tensor(arr, device=device)
+    except (TypeError, RuntimeError) as err:
+        raise ArgumentTypeError(f"{what}: a numpy array of dtype {arr.dtype} is not a number "
+                                f"torch can compute with ({err}); pass a numeric array or "
+                                "tensor") from None
 
 
 def _check_members(p: Any, coeff: torch.Tensor, what: str) -> None:

@@ -34,7 +34,7 @@ class Batch(Event):
 
     def apply(self, schema: Schema) -> Schema:
         s = self._steps(schema)[-1]
-        return Schema(schema.species, schema.version + 1, s.skeleton, s.specs, s.shared,
+        return Schema(schema.species, schema.version + 1, s._skeleton, s.specs, s.shared,
                       s.next_pid)
 
     def selection(self, before: Schema, after: Schema) -> tuple[int, ...] | None:

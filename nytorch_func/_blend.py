@@ -40,7 +40,8 @@ def lerp(start: Particle, end: Particle, weight: "float | torch.Tensor") -> Part
     if start._schema is not end._schema or start._schema._next is not None:
         start, end = align(start, end, "lerp")  # operations touch their operands first
     la, lb = start._leaves, end._leaves
-    if la and la[0].shape != lb[0].shape:  # a single particle and a population: broadcast
+    mixed = la[0].shape != lb[0].shape if la else start._batch != end._batch
+    if mixed:  # a single particle and a population: broadcast (leaves, or the batch shape)
         def lift(a, b, fn):
             return lift2_mixed(a, b, fn, "lerp")
     else:

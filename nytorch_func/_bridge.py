@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy as _copy
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ._config import ParamConfig
 from ._errors import SchemaError, expect
 from ._particle import Particle, expect_particle
 from ._schema import Schema, TensorSpec, computable, make_skeleton
 from ._species import Species
+from ._forward import run
 from ._state_dict import adopt
 
 __all__ = ["from_module", "new_species", "to_module", "apply", "apply_with_state", "collect"]
@@ -170,18 +169,22 @@ def new_species(module: nn.Module, *, name: str | None = None, order: Sequence[s
     return Particle._make(schema, tuple(by_key[k] for k in schema.leaf_keys), None)
 
 
-def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
+def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list, list]:
     """``{path: tensor}`` for every path of every param and buffer (aliases included).
 
     Buffers are copies, so a forward pass that updates them in place leaves ``p`` and its
     species unchanged. Also returns ``(path, copy, copy._version)`` for each *shared* buffer,
-    so :func:`apply_with_state` can tell that the forward pass changed one.
+    so :func:`apply_with_state` can tell that the forward pass changed one, and ``(path,
+    tensor)`` for each parameter, so the call can tell that it wrote into one.
     """
     s = p._schema
     out: dict[str, torch.Tensor] = {}
+    params = []
     for spec, leaf in zip(s.leaf_specs, p._leaves):
         if spec.kind == "buffer":
             leaf = leaf.clone()
+        else:
+            params.append((spec.key, leaf))
         for path in spec.paths if len(spec.paths) == 1 else _slots(s, spec):
             out[path] = leaf
     shared_buffers = []
@@ -190,9 +193,11 @@ def _tensors(p: Particle) -> tuple[dict[str, torch.Tensor], list]:
         if spec.kind == "buffer":
             tensor = tensor.clone()
             shared_buffers.append((spec.paths[0], tensor, tensor._version))
+        else:
+            params.append((key, tensor))
         for path in spec.paths if len(spec.paths) == 1 else _slots(s, spec):
             out[path] = tensor
-    return out, shared_buffers
+    return out, shared_buffers, params
 
 
 def _slots(s: Schema, spec: TensorSpec) -> list[str]:
@@ -205,72 +210,11 @@ def _slots(s: Schema, spec: TensorSpec) -> list[str]:
     seen, out = set(), []
     for path in spec.paths:
         parent_path, _, name = path.rpartition(".")
-        slot = (id(s.skeleton.get_submodule(parent_path)), name)
+        slot = (id(s._skeleton.get_submodule(parent_path)), name)
         if slot not in seen:
             seen.add(slot)
             out.append(path)
     return out
-
-
-@contextlib.contextmanager
-def _mode(skeleton: nn.Module, training: bool | None) -> Iterator[None]:
-    if training is None or training == skeleton.training:
-        yield
-        return
-    before = [(m, m.training) for m in skeleton.modules()]
-    skeleton.train(training)
-    try:
-        yield
-    finally:
-        for m, mode in before:
-            m.training = mode
-
-
-def _call(p: Particle, tensors: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> Any:
-    """The forward pass of ``p``'s skeleton with ``tensors`` swapped in.
-
-    ``functional_call`` puts the tensors into the species' skeleton (whose modules the versions
-    of the species share) for the duration of the call, and the mode flip changes its
-    ``training`` flags, so both run under the species' re-entrant call lock: threads running
-    ``nf.apply`` on particles of one species at once take turns instead of reading each other's
-    weights. Under ``torch.compile`` the lock is skipped, so compiled code has no graph break.
-
-    A forward pass is pure: attributes it assigns on a module (``self.calls += 1``,
-    ``self.last = x``) are restored when it returns, so no particle's forward sees what
-    another's did (see :func:`_restoring`).
-    """
-    s = p._schema
-    if torch.compiler.is_compiling():
-        with _mode(s.skeleton, p._training), _restoring(s.skeleton):
-            return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False,
-                                   strict=False)
-    with s.species._call_lock, _mode(s.skeleton, p._training), _restoring(s.skeleton):
-        return functional_call(s.skeleton, tensors, args, kwargs, tie_weights=False, strict=False)
-
-
-@contextlib.contextmanager
-def _restoring(skeleton: nn.Module) -> Iterator[None]:
-    """Put back every module attribute the body rebinds (added, changed or deleted).
-
-    The skeleton is shared by every particle of the species (and by its later versions), so a
-    forward pass that keeps state on ``self`` would leak it into the next particle's call, a
-    BatchedTensor out of ``vmap``, or a tracer out of ``torch.compile``. The check is by
-    identity, one shallow copy of each module's ``__dict__``. In-place changes to a mutable
-    attribute object (appending to a list kept on ``self``) are not seen: keep such state in a
-    buffer and use :func:`apply_with_state`.
-    """
-    saved = [(m.__dict__, dict(m.__dict__)) for m in skeleton.modules()]
-    try:
-        yield
-    finally:
-        for now, before in saved:
-            if len(now) != len(before) or any(now.get(k, _GONE) is not v
-                                               for k, v in before.items()):
-                now.clear()
-                now.update(before)
-
-
-_GONE = object()
 
 
 def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
@@ -283,6 +227,19 @@ def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     tensor of the whole species, and the forward pass of one particle does not change them.
     Threads may run ``apply`` on particles of one species at the same time.
 
+    The forward pass is pure, eagerly, under ``vmap`` and under ``torch.compile``: it runs in
+    ``p.training``'s mode on every submodule (``p.train()``/``p.eval()``; a particle that never
+    chose one runs each module in its species' mode), and every attribute it assigns, adds or
+    deletes on a module (``self.calls += 1``, a buffer registered on the first call, a
+    submodule swapped in, the ``training`` flags) is put back when it returns, so each call sees
+    the attributes its schema recorded, whatever other calls did. Changes *inside* a mutable
+    attribute object (appending to a list kept on ``self``, a hook registered in ``forward``)
+    are not seen: keep such state in a buffer and use :func:`apply_with_state`. Parameters are never written: a module that
+    renormalises its weight in place (``nn.Embedding(max_norm=...)``) gets a copy, so the
+    output is the module's and ``p`` keeps its values; any other in-place write into a
+    parameter is a SchemaError after an eager call (the particle's tensor has changed by then:
+    compute new tensors in ``forward`` instead).
+
     >>> import torch, nytorch_func as nf
     >>> lin = torch.nn.Linear(3, 2)
     >>> x = torch.randn(5, 3)
@@ -293,7 +250,8 @@ def apply(p: Particle, /, *args: Any, **kwargs: Any) -> Any:
     leaves = p._leaves
     if (leaves[0].dim() != len(p._schema.leaf_specs[0].shape)) if leaves else p._batch:
         raise _population_refused(p, "apply")
-    return _call(p, _tensors(p)[0], args, kwargs)
+    tensors, _, params = _tensors(p)
+    return run(p._schema, p._training, tensors, params, args, kwargs, "apply")
 
 
 def _population_refused(p: Particle, what: str) -> SchemaError:
@@ -310,7 +268,13 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     Per-particle buffers that the forward pass changes in place or reassigns (BatchNorm
     running statistics, a running mean kept with ``self.mean = ...``) come back in ``p_after``;
     parameters are the same tensors as in ``p``. Works under ``torch.func.vmap`` for a
-    population, giving each member its own statistics.
+    population, giving each member its own statistics. The forward pass is pure as in
+    :func:`apply`: the updates reach ``p_after`` only, never the species' modules.
+
+    ``p_after``'s buffers agree with the schema: a reassigned buffer of another dtype (a float64
+    input promotes ``self.mean = 0.9 * self.mean + 0.1 * x.mean(0)``) is cast back to the
+    buffer's dtype and device, as torch's in-place ops cast; a value the dtype cannot hold
+    (complex into real, floating into integer), another shape, or ``None`` is a SchemaError.
 
     A shared buffer (``nf.add_buffer(..., state=False)``) is one tensor of the whole species and
     cannot hold one particle's update: if the forward pass changes one, this raises a
@@ -329,8 +293,8 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
     s = p._schema
     if p.batch_shape:
         raise _population_refused(p, "apply_with_state")
-    tensors, shared = _tensors(p)
-    out = _call(p, tensors, args, kwargs)
+    tensors, shared, params = _tensors(p)
+    out = run(s, p._training, tensors, params, args, kwargs, "apply_with_state")
     if not torch.compiler.is_compiling():
         for path, copy, version in shared:
             if tensors[path] is not copy or copy._version != version:
@@ -340,9 +304,51 @@ def apply_with_state(p: Particle, /, *args: Any, **kwargs: Any) -> tuple[Any, Pa
                     "species and cannot keep one particle's update. Make it per-particle state "
                     "(del_buffer, then add_buffer(..., state=True)) to keep the updates, or use "
                     "nf.apply, which discards them")
-    leaves = tuple(tensors[spec.key] if spec.kind == "buffer" else leaf
+    leaves = tuple(_kept(spec, tensors[spec.key]) if spec.kind == "buffer" else leaf
                    for spec, leaf in zip(s.leaf_specs, p._leaves))
     return out, Particle._make(s, leaves, p._training, p._batch)
+
+
+def _kept(spec: TensorSpec, t: Any) -> torch.Tensor:
+    """The buffer value the forward pass left, as the schema's dtype and device, or a SchemaError.
+
+    A buffer updated in place keeps its dtype; one reassigned (``self.mean = 0.9 * self.mean +
+    0.1 * x.mean(0)``) may come back promoted by a float64 input: it is cast back, as torch's
+    in-place ops cast (``mean.mul_(0.9).add_(...)``). A value the schema dtype cannot hold
+    (complex into real, floating into integer), another shape, or no tensor is refused.
+    """
+    if type(t) is not torch.Tensor and not isinstance(t, torch.Tensor):
+        what = ("set the buffer {!r} to None" if t is None else
+                "deleted the buffer {!r}" if type(t) is object else  # torch's "missing" mark
+                "set the buffer {!r} to a " + type(t).__name__).format(spec.key)
+        raise SchemaError(f"apply_with_state: the forward pass {what}; a per-particle buffer "
+                          f"holds a tensor of shape {spec.shape} and dtype {spec.dtype} for every "
+                          "particle (assign one, or delete the buffer from the species with "
+                          "nf.del_buffer)")
+    if t.dtype == spec.dtype and t.device == spec.device and t.shape == spec.shape:
+        return t
+    if t.shape != spec.shape:
+        raise SchemaError(f"apply_with_state: the forward pass set the buffer {spec.key!r} to a "
+                          f"tensor of shape {tuple(t.shape)}; its schema holds shape {spec.shape} "
+                          "for every particle. Keep the shape (a running statistic), or keep "
+                          "values of changing shape out of the buffers (return them instead)")
+    if t.dtype != spec.dtype and not _castable(t.dtype, spec.dtype):
+        raise SchemaError(f"apply_with_state: the forward pass set the buffer {spec.key!r} to a "
+                          f"{t.dtype} tensor, which its schema dtype {spec.dtype} cannot hold; "
+                          "compute it in that dtype, or change the buffer's dtype with nf.to")
+    return t.to(device=spec.device, dtype=spec.dtype)
+
+
+def _castable(src: torch.dtype, dst: torch.dtype) -> bool:
+    """``torch.can_cast``'s rule (no cast to a lower kind: complex > floating > integer > bool),
+    written on the dtypes' flags so that ``torch.compile`` folds it."""
+    if dst.is_complex:
+        return True
+    if dst.is_floating_point:
+        return not src.is_complex
+    if dst == torch.bool:
+        return src == torch.bool
+    return not (src.is_floating_point or src.is_complex)
 
 
 def to_module(p: Particle, *, copy: bool = True) -> nn.Module:
@@ -382,13 +388,13 @@ def _copy_module(p: Particle, s: Schema, copy: bool) -> nn.Module:
         for path in spec.paths:
             memo[id(_skeleton_tensor(s, path, spec.kind))] = tensor
     memo[id(memo)] = []
-    module = _copy.deepcopy(s.skeleton, memo)
+    module = _copy.deepcopy(s._skeleton, memo)
     if p._training is not None:  # p.train()/p.eval() set every module; else keep each one's mode
         module.train(p._training)
     return module
 
 
 def _skeleton_tensor(s: Schema, path: str, kind: str) -> torch.Tensor:
-    return s.skeleton.get_parameter(path) if kind == "param" else s.skeleton.get_buffer(path)
+    return s._skeleton.get_parameter(path) if kind == "param" else s._skeleton.get_buffer(path)
 
 

@@ -79,8 +79,9 @@ def dtype_named(name: Any) -> torch.dtype:
 class TensorTable:
     """Tensors met while encoding, each stored once (by identity) under an id ``t0, t1, ...``.
 
-    ``tensors[id]`` is the tensor on the CPU, contiguous (the tensor itself when it already is:
-    saving copies nothing it does not have to). ``entries[id]`` holds what rebuilds the tensor
+    ``tensors[id]`` is the tensor on the CPU, contiguous, with a conjugate or negative view
+    resolved (the tensor itself when it already is all that: saving copies nothing it does not
+    have to). ``entries[id]`` holds what rebuilds the tensor
     object exactly (``param``: an ``nn.Parameter``; ``requires_grad``; ``device``) and ``what``
     (a readable description for error messages).
     """
@@ -102,7 +103,7 @@ class TensorTable:
         name = f"t{len(self.tensors)}"
         self._ids[id(t)] = name
         self._keep.append(t)
-        stored = t.detach()
+        stored = t.detach().resolve_conj().resolve_neg()  # the values, not a lazy view
         if device.type != "cpu":
             stored = stored.cpu()
         self.tensors[name] = stored if stored.is_contiguous() else stored.contiguous()

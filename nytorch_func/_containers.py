@@ -33,7 +33,7 @@ def is_indexed(module: nn.Module | None) -> bool:
 
 def container_at(schema: Schema, path: str, what: str) -> nn.Module:
     """The ``Sequential``/``ModuleList`` at ``path`` in ``schema``, or a SchemaError."""
-    module = schema.module_at(path)
+    module = schema._module_at(path)
     if not is_indexed(module):
         got = "nothing" if module is None else type(module).__name__
         raise SchemaError(f"{what}: {path!r} is {got} in version {schema.version}; only the "
@@ -84,7 +84,7 @@ def _renamed(schema: Schema, container: str, moves: dict[str, str],
 
 
 def _keys(schema: Schema, container: str) -> list[str]:
-    return list(schema.module_at(container)._modules)  # type: ignore[union-attr]
+    return list(schema._module_at(container)._modules)  # type: ignore[union-attr]
 
 
 def _inserted(keys: list[str], index: int, n: int) -> tuple[list[str], dict[str, str]]:
@@ -128,7 +128,7 @@ class InsertModules(Event):
                               f"{self.container or '<root>'!r} ({type(parent).__name__} of {n})")
         keys = list(parent._modules)
         new_keys, moves = _inserted(keys, self.index, len(self.skeletons))
-        skeleton, container = copy_path(schema.skeleton, self.container)
+        skeleton, container = copy_path(schema._skeleton, self.container)
         children = list(container._modules.values())
         children[self.index:self.index] = list(self.skeletons)
         container.__dict__["_modules"] = dict(zip(new_keys, children))
@@ -145,11 +145,10 @@ class InsertModules(Event):
                     shared = dict(schema.shared) if shared is None else shared
                     shared[spec.key] = value
             pid += sum(s.is_param for s in specs)
-        if replace:
+        if replace:  # moved all at once: "1.w" -> "2.w" must not overwrite "2.w" before it moves
             shared = dict(schema.shared) if shared is None else shared
-            for old, spec in replace.items():
-                if old in shared:
-                    shared[spec.key] = shared.pop(old)
+            shared.update({spec.key: shared.pop(old) for old, spec in replace.items()
+                           if old in shared})
         return schema.derive(skeleton=skeleton, replace=replace, add=tuple(add), shared=shared,
                              next_pid=pid)
 
@@ -221,7 +220,7 @@ class DelChild(DelModule):
         container_at(schema, container_path, "del_module")
         gone = module_paths_gone(schema, self.path, "del_module")
         new_keys, moves = _deleted(_keys(schema, container_path), name)
-        skeleton, container = copy_path(schema.skeleton, container_path)
+        skeleton, container = copy_path(schema._skeleton, container_path)
         children = [c for k, c in container._modules.items() if k != name]
         container.__dict__["_modules"] = dict(zip(new_keys, children))
         drop, replace, shared = drop_paths(schema, gone)
@@ -229,12 +228,14 @@ class DelChild(DelModule):
         for old, spec in replace.items():  # tied aliases that stay may move as well
             paths = tuple(_moved(p, container_path, moves) for p in spec.paths)
             shifted[old] = dataclasses.replace(spec, key=paths[0], paths=paths)
-        if shifted:
+        if shifted:  # moved all at once, as in InsertModules.apply
             shared = dict(shared)
+            moved = {}
             for old, spec in shifted.items():
                 renamed_from = replace[old].key if old in replace else old
                 if renamed_from in shared:
-                    shared[spec.key] = shared.pop(renamed_from)
+                    moved[spec.key] = shared.pop(renamed_from)
+            shared.update(moved)
         return schema.derive(skeleton=skeleton, drop=drop, replace=shifted,
                              shared=None if shared is schema.shared else shared)
 

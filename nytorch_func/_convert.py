@@ -73,7 +73,7 @@ class Convert(Event):
             if isinstance(t, nn.Parameter) and not isinstance(new, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=spec.requires_grad)
             shared[key] = new
-        return schema.derive(skeleton=_retyped(schema.skeleton, self.dtype), replace=replace,
+        return schema.derive(skeleton=_retyped(schema._skeleton, self.dtype), replace=replace,
                              shared=shared)
 
     def migrate(self, leaves: Leaves, m: Migration) -> Leaves:

@@ -3,10 +3,15 @@
 Every function first brings its particle to the species head (touch), builds the event and the
 next schema without changing anything, and only then links the new version, under the species'
 lock. An error at any step leaves the chain, the initiator and every other particle as they were.
+
+Arguments are checked before anything else: a path that is not a string is an
+:class:`ArgumentTypeError` naming the function (``add_param``, ``add_buffer``, ``add_module``,
+``del_*``, ``set_none``, ``configure*``), an empty one (where a name is needed) a SchemaError.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -126,6 +131,7 @@ def add_param(p: Particle, path: str, tensor: torch.Tensor,
 def param_addition(path: str, tensor: torch.Tensor, config: ParamConfig | None = None,
                    what: str = "add_param") -> tuple[Event, dict[str, torch.Tensor]]:
     """:func:`add_param`'s event and the initiator's own tensor, validated, nothing committed."""
+    path = _path(path, what)
     tensor = _tensor(tensor, what, path)
     if config is not None and not isinstance(config, ParamConfig):
         raise ArgumentTypeError(f"{what}: config for {path!r} must be a ParamConfig, got "
@@ -172,6 +178,7 @@ def buffer_addition(path: str, tensor: torch.Tensor, *, state: bool = True,
                     persistent: bool = True,
                     what: str = "add_buffer") -> tuple[Event, dict[str, torch.Tensor]]:
     """:func:`add_buffer`'s event and the initiator's own tensor, validated, nothing committed."""
+    path = _path(path, what)
     tensor = _tensor(tensor, what, path)
     if not isinstance(state, bool):
         raise ArgumentTypeError(f"{what}: state for {path!r} must be True or False, got "
@@ -209,6 +216,7 @@ def module_addition(path: str, module: nn.Module, *, share_buffers: bool = False
     ``share_buffers=True`` gives recipients the module's very buffer objects instead of copies
     (:class:`AddModuleSharingBuffers`, nytorch's rule).
     """
+    path = _path(path, what)
     skeleton, specs, values, snapshots = module_parts(module, path, what)
     if share_buffers:
         snapshots = tuple(v if s.kind == "buffer" else snap
@@ -265,7 +273,7 @@ def del_module(p: Particle, path: str) -> Particle:
 
     def build(q: Particle) -> tuple[Event, dict]:
         container, name = split_path(path)
-        parent = q._schema.module_at(container)
+        parent = q._schema._module_at(container)
         if is_indexed(parent) and parent._modules.get(name) is not None:  # type: ignore[union-attr]
             return DelChild(path), {}
         return DelModule(path), {}
@@ -368,7 +376,9 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
     ``"mean"`` (the default of every buffer): the (weighted) average of floating-point values,
     the maximum of integer counters; ``"keep"``: the first operand's value; ``"reset"``:
     ``value``, by default a snapshot of the buffer's value in ``p`` now (member 0 of a
-    population), recorded in the schema (with a module path, each buffer's own snapshot).
+    population), recorded in the schema (with a module path, each buffer's own snapshot). A
+    population without members has no such value: ``"reset"`` then needs ``value`` (a
+    SchemaError otherwise; shared buffers have their one value).
 
     >>> import torch, nytorch_func as nf
     >>> p = nf.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
@@ -392,7 +402,7 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
         s = q._schema
         spec = s.by_path.get(path)
         if (spec is None or spec.kind != "buffer") and (path == "" or (
-                spec is None and s.module_at(path) is not None)):
+                spec is None and s._module_at(path) is not None)):
             return _configure_module_buffers(q, path, policy, value), {}
         snap = None
         if policy == "reset":
@@ -407,11 +417,23 @@ def configure_buffer(p: Particle, path: str, *, policy: str,
 
 
 def _current(q: Particle, spec: object) -> torch.Tensor:
-    """The value of buffer ``spec`` in ``q`` (member 0 of a population)."""
+    """The value of buffer ``spec`` in ``q`` (member 0 of a population; a shared buffer's one
+    tensor). A per-particle buffer of a population without members has no value to take: a
+    SchemaError asking for ``value=``."""
     s = q._schema
     i = s.leaf_index.get(spec.key)  # type: ignore[attr-defined]
-    t = s.shared[spec.key] if i is None else q._leaves[i]  # type: ignore[attr-defined]
-    return t.reshape((-1, *spec.shape))[0] if q.batch_shape else t  # type: ignore[attr-defined]
+    if i is None:
+        return s.shared[spec.key]  # type: ignore[attr-defined]
+    t = q._leaves[i]
+    if not q.batch_shape:
+        return t
+    if math.prod(q.batch_shape) == 0:
+        key = spec.key  # type: ignore[attr-defined]
+        raise SchemaError(f"configure_buffer: policy='reset' records member 0's value of "
+                          f"{key!r}, but the population (batch shape {tuple(q.batch_shape)}) "
+                          "has no members; pass value=... (one buffer) or configure a particle "
+                          "with members")
+    return t.reshape((-1, *spec.shape))[0]  # type: ignore[attr-defined]
 
 
 def _configure_module_buffers(q: Particle, path: str, policy: str,

@@ -78,7 +78,7 @@ def _check_free(schema: Schema, path: str, what: str,
         raise SchemaError(f"{what}: path must be a non-empty dotted name like 'encoder.weight', "
                           f"got {path!r}")
     parent_path, name = split_path(path)
-    parent = schema.module_at(parent_path)
+    parent = schema._module_at(parent_path)
     if parent is None:
         raise SchemaError(f"{what}: no module {parent_path!r} to hold {name!r} in version "
                           f"{schema.version}; add the module first (nf.add_module)")
@@ -192,7 +192,7 @@ class AddParam(Event):
 
     def apply(self, schema: Schema) -> Schema:
         parent_path, name, _ = _check_free(schema, self.path, "add_param")
-        skeleton, parent = copy_path(schema.skeleton, parent_path)
+        skeleton, parent = copy_path(schema._skeleton, parent_path)
         parent._parameters[name] = nn.Parameter(to_meta(self.snapshot),  # name checked above
                                                 requires_grad=self.requires_grad)
         spec = TensorSpec(key=self.path, kind="param", paths=(self.path,),
@@ -231,7 +231,7 @@ class AddBuffer(Event):
 
     def apply(self, schema: Schema) -> Schema:
         parent_path, name, _ = _check_free(schema, self.path, "add_buffer", "buffer")
-        skeleton, parent = copy_path(schema.skeleton, parent_path)
+        skeleton, parent = copy_path(schema._skeleton, parent_path)
         parent.register_buffer(name, to_meta(self.tensor), persistent=self.persistent)
         spec = TensorSpec.of(self.path, "buffer", self.tensor, state=self.state,
                              persistent=self.persistent)
@@ -261,7 +261,7 @@ class _Removal(Event):
     def apply(self, schema: Schema) -> Schema:
         gone = self._gone(schema)
         parent_path, name = split_path(self.path)
-        skeleton, parent = copy_path(schema.skeleton, parent_path)
+        skeleton, parent = copy_path(schema._skeleton, parent_path)
         self._edit(parent, name)
         drop, replace, shared = drop_paths(schema, gone)
         return schema.derive(skeleton=skeleton, drop=drop, replace=replace,
@@ -300,7 +300,7 @@ class DelBuffer(_Removal):
 def _none_slot(schema: Schema, path: str, slot: str) -> bool:
     """True when ``path`` is an entry set to ``None`` (a param or module slot, as torch keeps)."""
     parent_path, name = split_path(path)
-    parent = schema.module_at(parent_path)
+    parent = schema._module_at(parent_path)
     entries = None if parent is None else getattr(parent, slot)
     return entries is not None and name in entries and entries[name] is None
 
@@ -308,7 +308,7 @@ def _none_slot(schema: Schema, path: str, slot: str) -> bool:
 def module_paths_gone(schema: Schema, path: str, what: str) -> set[str]:
     """Every tensor path under the submodule at ``path`` (a SchemaError if there is none)."""
     parent_path, name = split_path(path)
-    parent = schema.module_at(parent_path)
+    parent = schema._module_at(parent_path)
     if parent is None or parent._modules.get(name) is None:
         known = [m for m in schema.module_paths() if m]
         raise SchemaError(f"{what}: no submodule at path {path!r} in version "
@@ -366,7 +366,7 @@ class AddModule(Event):
 
     def apply(self, schema: Schema) -> Schema:
         parent_path, name, _ = _check_free(schema, self.path, "add_module", "module")
-        skeleton, parent = copy_path(schema.skeleton, parent_path)
+        skeleton, parent = copy_path(schema._skeleton, parent_path)
         parent.add_module(name, self.skeleton)
         new_specs, shared = [], None
         for spec, value in zip(self.specs, self.values):

@@ -61,7 +61,7 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
                     leaves = list(p._leaves)
                     for i, t in zip(slots[n], d):
                         leaves[i] = t
-                    call[n] = Particle(p._schema, tuple(leaves), p._training)
+                    call[n] = Particle._make(p._schema, tuple(leaves), p._training, p._batch)
                 else:
                     call[n] = d
             return fn(*call, **kwargs)
@@ -75,7 +75,7 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
                 leaves = [torch.zeros_like(t) for t in p._leaves]
                 for i, t in zip(slots[n], g):
                     leaves[i] = t
-                g = Particle(p._schema, tuple(leaves), p._training)
+                g = Particle._make(p._schema, tuple(leaves), p._training, p._batch)
             result.append(g)
         return out, (result[0] if single else tuple(result))
 

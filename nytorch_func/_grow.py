@@ -77,6 +77,9 @@ def widen(p: Particle, layer: str, consumers: "str | Sequence[str]", by: int, *,
         raise ArgumentTypeError(f"widen: by must be an int, got {type(by).__name__}")
     if by < 1:
         raise SchemaError(f"widen: by must be at least 1, got {by}")
+    if not isinstance(method, str):
+        raise ArgumentTypeError(f"widen: method must be one of {METHODS} (a str), got "
+                                f"{type(method).__name__}")
     if method not in METHODS:
         raise SchemaError(f"widen: method must be one of {METHODS}, got {method!r}")
     check_generator(generator, "widen")
@@ -100,7 +103,7 @@ def _paths(value: Any, what: str, name: str, *, required: bool = False) -> tuple
 
 
 def _module(schema: Schema, path: str, kinds: tuple, what: str, role: str) -> nn.Module:
-    module = schema.module_at(path)
+    module = schema._module_at(path)
     if module is None:
         raise SchemaError(f"{what}: no module at {path!r} in version {schema.version}")
     if not isinstance(module, kinds) or type(module).__name__.startswith("Lazy"):
@@ -392,7 +395,7 @@ def deepen(p: Particle, after: str, *, activation: "nn.Module | type | None" = N
 
     def build(q: Particle) -> tuple[Event, dict]:
         container, name = split_path(after)
-        parent = q._schema.module_at(container)
+        parent = q._schema._module_at(container)
         if not (isinstance(parent, nn.Sequential) and parent._modules.get(name) is not None):
             raise SchemaError(f"deepen: {after!r} is not a child of an nn.Sequential in version "
                               f"{q._schema.version}; deepen inserts into a Sequential")
@@ -406,18 +409,30 @@ def deepen(p: Particle, after: str, *, activation: "nn.Module | type | None" = N
     return commit(p, build, "deepen")
 
 
-# Modules that change the features of a Linear's output or the channels of a Conv's (by
-# reshaping), and those that change a Linear's features only (they act on the last dim)
-_RESHAPE = (nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle)
+# What may come between the width source and 'after': modules known to keep the features of a
+# Linear's output and the channels of a Conv's (elementwise, dropout, normalisation), and those
+# that keep a Conv's channels but change a Linear's features (they act on the last dims). Any
+# other module (an RNNCell, a ConvTranspose, the user's own) may change the width: refused.
+_ELEMENTWISE = (nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU,
+                nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
+                nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+                nn.Softshrink, nn.Hardshrink, nn.LogSigmoid, nn.Threshold, nn.Softmax,
+                nn.LogSoftmax, nn.Softmin, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                nn.AlphaDropout, nn.FeatureAlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d,
+                nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+                nn.InstanceNorm3d, nn.LocalResponseNorm)
 _SPATIAL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
             nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d,
-            nn.LPPool2d, nn.Upsample, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+            nn.LPPool2d, nn.Upsample, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+            nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
+            nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+            nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
 
 
 def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Module:
     """An identity ``Linear``/``Conv`` as wide as the last one among children ``0..at``."""
-    children = list(q._schema.module_at(container)._modules.items())  # type: ignore[union-attr]
+    children = list(q._schema._module_at(container)._modules.items())  # type: ignore[union-attr]
     between: list[nn.Module] = []
     for i in range(at, -1, -1):
         key, m = children[i]
@@ -431,13 +446,14 @@ def _identity_layer(container: str, at: int, after: str, q: Particle) -> nn.Modu
         raise SchemaError(f"deepen: there is no Linear or Conv at or before {after!r} to take "
                           "the width from")
     where = f"{container}.{key}" if container else key
-    changes = _RESHAPE + (_SPATIAL if isinstance(m, nn.Linear) else ())
+    keeps = _ELEMENTWISE + (() if isinstance(m, nn.Linear) else _SPATIAL)
     for b in between:
-        if isinstance(b, changes):
+        if not isinstance(b, keeps):
             raise SchemaError(f"deepen: a {type(b).__name__} comes between the "
-                              f"{type(m).__name__} {where!r} and {after!r} and changes the "
-                              f"width {where!r} gives, so no identity layer fits after "
-                              f"{after!r}; deepen before the {type(b).__name__}")
+                              f"{type(m).__name__} {where!r} and {after!r}; it may change the "
+                              f"width {where!r} gives, so no identity layer is known to fit "
+                              f"after {after!r}. Deepen before the {type(b).__name__}, or "
+                              "insert the layer you want with nf.insert_module")
     spec = q._schema.by_path.get(f"{where}.weight")
     if spec is None:
         raise SchemaError(f"deepen: the {type(m).__name__} {where!r} has no weight (it was "

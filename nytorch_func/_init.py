@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -46,13 +47,15 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
     src = dict(zip(s.leaf_keys, source._leaves))
     values: Values = {}  # batched (n, *shape) values decided so far, by leaf key
     owned = _owned_leaves(s)
-    for path, module in _post_order(s.skeleton):
+    for path, module in _post_order(s._skeleton):
         reset = _recognised(module)
         if reset is not None:
-            for name, value in reset(module, n, generator, owned.get(path, {})).items():
-                values[_join(path, name)] = value
+            own = owned.get(path, {})
+            for name, value in reset(module, n, generator, own).items():
+                values[own[name].key] = value
         elif _reset_method(module) is not None:
             values.update(_reset_each(s, path, module, n, generator, src, values))
+    values = _respect_custom(s, src, values)
     out = []
     for spec in s.leaf_specs:
         value = values.get(spec.key)
@@ -62,6 +65,43 @@ def reset_members(source: Particle, n: int, generator: torch.Generator | None) -
             value.requires_grad_(True)
         out.append(value)
     return tuple(out)
+
+
+def _respect_custom(s: Schema, src: Values, values: Values) -> Values:
+    """Keep initialisation the source module's own ``__init__`` did after its layers' resets.
+
+    A constructor that sets a leaf to constants (a zero-initialised head, ResNet's zero BatchNorm
+    gamma) makes every constructed module hold them, so every member keeps the source's value
+    when it is constant and the reset's is not that constant. (A source whose leaves were
+    trained away from a constant reset, BatchNorm weights, is reset as usual.) A leaf redrawn in ``__init__`` from another distribution (GPT's
+    N(0, 0.02)) cannot be reproduced from an instance: a warning names it and the way to get
+    it exactly (``nf.population(MyNet, n)``, a factory, constructs every member).
+    """
+    odd = []
+    for key, drawn in list(values.items()):
+        own = src.get(key)
+        if own is None or own.numel() < 2 or not (own.is_floating_point()):
+            continue
+        with torch.no_grad():
+            own = own.detach()
+            first = drawn[0]
+            own_const = bool(own.eq(own.reshape(-1)[0]).all())
+            drawn_const = bool(first.eq(first.reshape(-1)[0]).all())
+            if own_const and not (drawn_const and torch.equal(own, first)):
+                values[key] = own.expand_as(drawn).clone()
+            elif own.numel() >= 64:
+                ratio = float(own.double().std() / drawn.double().std().clamp_min(1e-30))
+                if not 0.5 <= ratio <= 2.0:
+                    odd.append(f"{key} (std {float(own.double().std()):.3g}, the layer's reset "
+                               f"gives {float(drawn.double().std()):.3g})")
+    if odd:
+        warnings.warn("population: these leaves of the source do not look like their layer's "
+                      f"reset_parameters draw: {', '.join(odd)}; the module's __init__ probably "
+                      "initialised them its own way, which cannot be repeated from an instance. "
+                      "Members were drawn as the layer's reset draws. Pass the class or a factory "
+                      "(nf.population(MyNet, n)) to construct every member, or init='clone'",
+                      stacklevel=3)
+    return values
 
 
 # walking the skeleton ---------------------------------------------------------------------------
@@ -95,10 +135,20 @@ def _post_order(root: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _owned_leaves(s: Schema) -> dict[str, dict[str, TensorSpec]]:
     """``{module path: {attribute name: spec}}``: the per-particle leaves each module holds
-    directly (a tied tensor belongs to the module of its first path, its key)."""
+    directly and initialises.
+
+    A tied tensor is initialised by one of its modules: an ``Embedding`` when one holds it (a
+    language-model head tied to its embedding ends up with the embedding's N(0, 1) values
+    whichever was registered first, as ``head.weight = emb.weight`` makes it), else the module
+    of its first path. The other modules still initialise their own leaves (the head's bias).
+    """
     out: dict[str, dict[str, TensorSpec]] = {}
     for spec in s.leaf_specs:
-        parent, _, name = spec.key.rpartition(".")
+        owner = spec.key
+        if len(spec.paths) > 1:
+            owner = next((p for p in spec.paths if isinstance(
+                s._module_at(p.rpartition(".")[0]), (nn.Embedding, nn.EmbeddingBag))), owner)
+        parent, _, name = owner.rpartition(".")
         out.setdefault(parent, {})[name] = spec
     return out
 
@@ -130,11 +180,12 @@ def _kaiming_bound(fan_in: int) -> float:
 
 def _linear_like(m: nn.Module, n: int, g: torch.Generator | None, own: dict) -> Values:
     """``nn.Linear`` and ``_ConvNd``: kaiming-uniform weight, uniform bias of bound 1/sqrt(fan_in)."""
-    w = own.get("weight")
-    if w is None or not w.shape or 0 in w.shape:
+    weight = getattr(m, "weight", None)  # (the skeleton's: its shape gives fan_in even when tied)
+    if weight is None or not weight.shape or 0 in weight.shape:
         return {}
-    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
-    out = {"weight": _uniform(n, w, _kaiming_bound(fan_in), g)}
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+    w = own.get("weight")
+    out = {} if w is None else {"weight": _uniform(n, w, _kaiming_bound(fan_in), g)}
     b = own.get("bias")
     if b is not None:
         if fan_in > 0:

@@ -123,7 +123,7 @@ def _encode_species(enc: TreeEncoder, sp: Species, base: Schema) -> dict:
         "name": name, "uid": sp.uid, "head": schema.version,
         "base": {
             "version": base.version, "next_pid": base.next_pid,
-            "skeleton": enc.module(base.skeleton, (where, "{} v{}", base.version)),
+            "skeleton": enc.module(base._skeleton, (where, "{} v{}", base.version)),
             "specs": [enc.spec(s, (where, "{} spec {}", s.key)) for s in base.specs],
             "shared": [[k, enc.value(t, (where, "{} shared {!r}", k))]
                        for k, t in base.shared.items()],

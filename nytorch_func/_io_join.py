@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._codec import Encoder
+from ._config import value_key
 from ._errors import CheckpointError, VersionError
 from ._schema import Schema
 from ._species import Species
@@ -78,14 +79,15 @@ def schema_difference(a: Schema, b: Schema) -> str | None:
         if why is not None:
             return why
     return (difference(dict(a.shared), dict(b.shared), "shared tensors")
-            or difference(a.skeleton, b.skeleton, "module skeleton"))
+            or difference(a._skeleton, b._skeleton, "module skeleton"))
 
 
 def difference(a: Any, b: Any, where: str) -> str | None:
     """The first difference between two decoded values (the checkpoint's first), or None.
 
     Tensors are compared by kind, shape, dtype, device, requires_grad and bits; modules by their
-    encoded skeletons; records (specs, events) field by field.
+    encoded skeletons; records (specs, events) field by field; other values by ``==``, a NaN
+    equal to a NaN (a checkpoint holds a copy of the NaN, never the same object).
     """
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return _tensor_difference(a, b, where)
@@ -103,7 +105,9 @@ def difference(a: Any, b: Any, where: str) -> str | None:
         return None
     if isinstance(a, (tuple, list)):
         if all(type(x) in (int, str, bool, float) for x in (*a, *b)):
-            return None if a == b else f"{where}: {a!r:.80} in the checkpoint, {b!r:.80} here"
+            if _same(tuple(a), tuple(b)):
+                return None
+            return f"{where}: {a!r:.80} in the checkpoint, {b!r:.80} here"
         if len(a) != len(b):
             return f"{where}: {len(a)} entries in the checkpoint, {len(b)} here"
         for i, (x, y) in enumerate(zip(a, b)):
@@ -119,7 +123,11 @@ def difference(a: Any, b: Any, where: str) -> str | None:
             if why is not None:
                 return why
         return None
-    return None if a == b else f"{where}: {a!r:.80} in the checkpoint, {b!r:.80} here"
+    return None if _same(a, b) else f"{where}: {a!r:.80} in the checkpoint, {b!r:.80} here"
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or bool(value_key(a) == value_key(b))
 
 
 def _kind(x: Any) -> str:
@@ -141,8 +149,10 @@ def _tensor_difference(a: Any, b: Any, where: str) -> str | None:
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal bytes (so NaN equals NaN and -0.0 differs from 0.0)."""
-    x, y = (t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (a, b))
+    """Equal bytes of the values (so NaN equals NaN and -0.0 differs from 0.0; a conjugate or
+    negative view compares by its resolved values)."""
+    x, y = (t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
+            for t in (a, b))
     return torch.equal(x, y.to(x.device))
 
 

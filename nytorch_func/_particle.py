@@ -128,7 +128,15 @@ class Particle:
         return torch.Size(self._batch or ())
 
     def config(self, path: str) -> ParamConfig:
-        """The species-wide ParamConfig of the parameter at ``path``."""
+        """The species-wide ParamConfig of the parameter at ``path`` (any alias).
+
+        A path that names no parameter is a SchemaError naming close matches; one that is not
+        a string is an ArgumentTypeError.
+
+        >>> import torch, nytorch_func as nf
+        >>> nf.from_module(torch.nn.Linear(2, 1)).config("bias")
+        ParamConfig(operational=True, clone=True)
+        """
         return self._schema.spec(path, kind="param", what="config").config  # type: ignore[return-value]
 
     def numel(self) -> int:
@@ -159,8 +167,8 @@ class Particle:
     def __len__(self) -> int:
         shape = self.batch_shape
         if not shape:
-            raise TypeError("len() of a single particle: only populations (nf.stack, "
-                            "nf.population) have a length")
+            raise ArgumentTypeError("len() of a single particle: only populations (nf.stack, "
+                                    "nf.population) have a length")
         return shape[0]
 
     def __iter__(self) -> Iterator["Particle"]:
@@ -204,6 +212,11 @@ class Particle:
     __pos__ = unary("pos")
     __abs__ = unary("abs")
     __torch_function__ = classmethod(torch_function)  # ``tensor * p``, and operators compiled
+    # NumPy defers to the particle, as it does to torch.Tensor: ``np.float64(w) * p`` and
+    # ``np_array * pop`` call ``p.__rmul__`` (numbers, per-member weights) instead of treating
+    # a population as a sequence and building an object array of particles.
+    __array_ufunc__ = None
+    __array_priority__ = 1000
 
     # copies and values made from nothing -------------------------------------------------------
     def clone(self) -> "Particle":

@@ -144,7 +144,7 @@ def mean(pop: Particle, weights: Any = None) -> Particle:
             out.append(reset_value(spec, rest, "mean"))
         else:
             out.append(t[0])
-    return Particle._make(s, tuple(out), pop._training)
+    return Particle._make(s, tuple(out), pop._training, rest)
 
 
 def take(pop: Particle, indices: Any) -> Particle:
@@ -263,4 +263,4 @@ def where(mask: Any, a: Particle, b: Particle) -> Particle:
             out.append(reset_value(spec, (n,), "where"))
         else:
             out.append(ta.expand(n, *spec.shape).clone() if single else ta)
-    return Particle._make(s, tuple(out), a._training)
+    return Particle._make(s, tuple(out), a._training, (n,))

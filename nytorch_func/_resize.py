@@ -43,7 +43,8 @@ def resize_tensor(t: torch.Tensor, dims: tuple, fill: torch.Tensor | None, n_bat
     A callable ``mode(value, spec)`` is given the snapshot result and supplies the non-origin
     coordinates.
     """
-    if mode == "zeros" and len(dims) == 1:
+    tracing = torch.compiler.is_compiling()  # no data-dependent shapes or branches then
+    if mode == "zeros" and len(dims) == 1 and not tracing:
         return _origins_and_zeros(t, dims[0], n_batch)
     out = t
     origin_mask = None
@@ -61,7 +62,7 @@ def resize_tensor(t: torch.Tensor, dims: tuple, fill: torch.Tensor | None, n_bat
         origin_mask = o if origin_mask is None else origin_mask & o
         fed_mask = f if fed_mask is None else fed_mask & f
     if mode == "snapshot":
-        if fill is not None and fed_mask is not None and not bool(fed_mask.all()):
+        if fill is not None and fed_mask is not None and (tracing or not bool(fed_mask.all())):
             out = torch.where(fed_mask, out, fill.to(device=out.device, dtype=out.dtype))
         return out
     if origin_mask is None:
@@ -111,7 +112,7 @@ class Resize(Event):
     def apply(self, schema: Schema) -> Schema:
         modules = {split_path(path)[0] for key, *_ in self.tensors
                    for path in schema.spec(key, what="resize").paths}
-        skeleton, copied = copy_paths(schema.skeleton,
+        skeleton, copied = copy_paths(schema._skeleton,
                                       sorted(modules | {m for m, _, _ in self.attrs}))
         replace, shared = {}, None
         for key, shape, dims, fill in self.tensors:

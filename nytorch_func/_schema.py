@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ._config import ParamConfig
-from ._errors import SchemaError, frozen
+from ._errors import ArgumentTypeError, SchemaError, frozen
+from ._module_view import ModuleView, live
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -114,7 +115,9 @@ class Schema:
     Schemas compare and hash by ``(species, version)``; never by tensor values. Assigning to any
     attribute raises :class:`~nytorch_func.FrozenError`; the one field written after
     construction is the forward link to the next version, set once by the species under its
-    lock. ``shared`` and the indexes are read-only mappings.
+    lock. ``shared`` and the indexes are read-only mappings, and ``skeleton``/``module_at``
+    hand out read-only views of the module tree every particle of the species runs (changing
+    one raises FrozenError too).
 
     >>> import torch, nytorch_func as nf
     >>> s = nf.from_module(torch.nn.Linear(2, 1)).schema
@@ -122,9 +125,13 @@ class Schema:
     Traceback (most recent call last):
     ...
     nytorch_func._errors.FrozenError: Schema is immutable (cannot set 'version'): ...
+    >>> s.skeleton.out_features = 3
+    Traceback (most recent call last):
+    ...
+    nytorch_func._errors.FrozenError: the skeleton's Linear is immutable (cannot set 'out_features'): ...
     """
 
-    __slots__ = ("species", "version", "skeleton", "specs", "shared", "next_pid", "training",
+    __slots__ = ("species", "version", "_skeleton", "specs", "shared", "next_pid", "training",
                  "by_path", "leaf_keys", "leaf_specs", "leaf_index", "op_index",
                  "all_operational", "_next", "__weakref__")
 
@@ -143,9 +150,10 @@ class Schema:
               leaf_keys: tuple[str, ...], leaf_index: Mapping[str, int],
               op_index: tuple[int, ...]) -> None:
         put = object.__setattr__
+        skeleton = live(skeleton)
         put(self, "species", species)
         put(self, "version", version)
-        put(self, "skeleton", skeleton)
+        put(self, "_skeleton", skeleton)
         put(self, "specs", specs)
         put(self, "shared", shared)
         put(self, "next_pid", next_pid)
@@ -235,7 +243,7 @@ class Schema:
             leaf_specs, leaf_keys, index, op = _leaf_indexes(tuple([s for s in specs if s.leaf]))
         new = Schema.__new__(Schema)
         new._fill(self.species, self.version + 1,
-                  self.skeleton if skeleton is None else skeleton, specs,
+                  self._skeleton if skeleton is None else skeleton, specs,
                   self.shared if shared is None else MappingProxyType(dict(shared)),
                   self.next_pid if next_pid is None else next_pid, by_path, leaf_specs,
                   leaf_keys, index, op)
@@ -261,7 +269,7 @@ class Schema:
                 op = op + (n,)
         new = Schema.__new__(Schema)
         new._fill(self.species, self.version + 1,
-                  self.skeleton if skeleton is None else skeleton, self.specs + (spec,),
+                  self._skeleton if skeleton is None else skeleton, self.specs + (spec,),
                   self.shared if shared is None else MappingProxyType(dict(shared)),
                   self.next_pid if next_pid is None else next_pid, by_path, leaf_specs,
                   leaf_keys, index, op)
@@ -285,7 +293,7 @@ class Schema:
             op = tuple([i if i < j else i - 1 for i in op if i != j])
         new = Schema.__new__(Schema)
         new._fill(self.species, self.version + 1,
-                  self.skeleton if skeleton is None else skeleton, specs,
+                  self._skeleton if skeleton is None else skeleton, specs,
                   self.shared if shared is None else MappingProxyType(dict(shared)),
                   self.next_pid, by_path, leaf_specs, leaf_keys, index, op)
         return new
@@ -346,7 +354,13 @@ class Schema:
         return tuple(s for s in self.specs if s.kind == "buffer")
 
     def spec(self, path: str, *, kind: str | None = None, what: str = "") -> TensorSpec:
-        """The spec at ``path`` (any alias), or a SchemaError that names close matches."""
+        """The spec at ``path`` (any alias), or a SchemaError that names close matches.
+
+        A ``path`` that is not a string is an :class:`ArgumentTypeError` naming ``what``.
+        """
+        if not isinstance(path, str):
+            raise ArgumentTypeError(f"{what or 'schema'}: path must be a dotted name like "
+                                    f"'encoder.weight', got {path!r:.60} ({type(path).__name__})")
         spec = self.by_path.get(path)
         if spec is None or (kind is not None and spec.kind != kind):
             noun = {"param": "parameter", "buffer": "buffer", None: "parameter or buffer"}[kind]
@@ -365,15 +379,36 @@ class Schema:
                 out.append(s)
         return out
 
-    def module_at(self, path: str) -> nn.Module | None:
-        """The skeleton submodule at ``path`` ('' is the root), or None."""
+    @property
+    def skeleton(self) -> ModuleView:
+        """The module tree of this version (``meta`` tensors) as a read-only view (``ModuleView``).
+
+        Every particle of the species runs its forward pass on this one tree, so it cannot
+        change: assigning to it, or to any module in it, raises FrozenError (see
+        :class:`~nytorch_func._module_view.ModuleView` for what a view does).
+        ``copy.deepcopy(schema.skeleton)`` gives a module of your own.
+        """
+        return ModuleView(self._skeleton, self.species._call_lock)
+
+    def module_at(self, path: str) -> ModuleView | None:
+        """The skeleton submodule at ``path`` ('' is the root) as a read-only view, or None."""
+        m = self._module_at(path)
+        return None if m is None else ModuleView(m, self.species._call_lock)
+
+    def _module_at(self, path: str) -> nn.Module | None:
+        """:meth:`module_at` for the library's own code: the live module every particle runs.
+
+        Never hand it to a user, never change it: events copy the path to a change
+        (:func:`copy_path`) and build the next version from the copies.
+        """
         try:
-            return self.skeleton.get_submodule(path) if path else self.skeleton
+            return self._skeleton.get_submodule(path) if path else self._skeleton
         except AttributeError:
             return None
 
     def module_paths(self) -> list[str]:
-        return [name for name, _ in self.skeleton.named_modules(remove_duplicate=False)]
+        """The dotted path of every module of the skeleton ('' is the root)."""
+        return [name for name, _ in self._skeleton.named_modules(remove_duplicate=False)]
 
     def describe(self) -> str:
         head = f"version {self.version} of species {self.species.name!r}"
@@ -428,6 +463,7 @@ def to_meta(t: torch.Tensor) -> torch.Tensor:
 
 def make_skeleton(module: nn.Module) -> nn.Module:
     """Deep-copy ``module`` with every parameter and buffer replaced by a meta tensor."""
+    module = live(module)
     memo: dict[int, Any] = {}
     for _, t in [*module.named_parameters(remove_duplicate=False),
                  *module.named_buffers(remove_duplicate=False)]:
@@ -439,6 +475,7 @@ def make_skeleton(module: nn.Module) -> nn.Module:
 
 def shallow_module(m: nn.Module) -> nn.Module:
     """A copy of ``m`` that owns its own parameter/buffer/child dicts (children are shared)."""
+    m = live(m)
     cls = type(m)
     if (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
             and cls.__setstate__ is nn.Module.__setstate__ and not hasattr(cls, "__copy__")):
@@ -472,7 +509,7 @@ def copy_paths(root: nn.Module, module_paths: Iterable[str]
 
     Returns ``(new_root, {path: new module})`` for every path given and every module above.
     """
-    new_root = shallow_module(root)
+    new_root = shallow_module(root)  # (a ModuleView given as root is read through)
     copied = {"": new_root}
     for path in module_paths:
         node, walked = new_root, ""
@@ -480,7 +517,7 @@ def copy_paths(root: nn.Module, module_paths: Iterable[str]
             walked = f"{walked}.{name}" if walked else name
             done = copied.get(walked)
             if done is None:
-                child = node._modules.get(name)
+                child = live(node._modules.get(name))
                 if child is None:
                     raise SchemaError(f"no submodule {name!r} on the way to {path!r}")
                 done = copied[walked] = node._modules[name] = shallow_module(child)

@@ -67,7 +67,7 @@ class Tie(Event):
             kind = "param"
         else:
             parent_path, name = split_path(self.target)
-            parent = schema.module_at(parent_path)
+            parent = schema._module_at(parent_path)
             if parent is None or parent._modules.get(name) is None:
                 raise SchemaError(f"tie: no parameter or submodule at {self.target!r} in version "
                                   f"{schema.version}")
@@ -75,7 +75,7 @@ class Tie(Event):
                 raise SchemaError(f"tie: {self.path!r} would put {self.target!r} inside itself")
             kind = "module"
         parent_path, name, _ = _check_free(schema, self.path, "tie", kind)
-        skeleton, parent = copy_path(schema.skeleton, parent_path)
+        skeleton, parent = copy_path(schema._skeleton, parent_path)
         if kind == "param":
             parent._parameters[name] = skeleton.get_parameter(self.target)
             replace = {spec.key: dataclasses.replace(spec, paths=spec.paths + (self.path,))}

@@ -105,8 +105,16 @@ class Species:
         return schema
 
     def live_versions(self) -> list["Schema"]:
-        """The versions still in memory, oldest first."""
-        return [s for _, s in sorted(self._versions.items())]
+        """The versions still in memory, oldest first.
+
+        Safe while other threads append events: the versions are copied under the species'
+        lock (iterating the weak dictionary while an event is added would fail), so the list
+        is the species as it was at one moment.
+        """
+        with self._lock:
+            items = list(self._versions.items())
+        items.sort(key=lambda item: item[0])
+        return [s for _, s in items]
 
     # writing (under the lock) ---------------------------------------------------------------
     def _register(self, schema: "Schema") -> None:

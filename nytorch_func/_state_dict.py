@@ -11,6 +11,8 @@ lists them. ``from_module(module, like=p)`` puts a separately built module into 
 
 from __future__ import annotations
 
+import functools
+import types
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +31,7 @@ __all__ = ["state_dict", "load_state_dict", "adopt"]
 def _keys(s: Schema) -> list[str]:
     """``nn.Module.state_dict``'s keys for the skeleton, in its order (without extra state)."""
     out = []
-    for prefix, m in s.skeleton.named_modules(remove_duplicate=False):
+    for prefix, m in s._skeleton.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
         out += [dot + k for k, t in m._parameters.items() if t is not None]
         out += [dot + k for k, t in m._buffers.items()
@@ -201,9 +203,15 @@ def _tensor_layout(s: Schema) -> dict[str, tuple]:
 def adopt(module: nn.Module, specs: list[TensorSpec], values: list[torch.Tensor],
           like: Particle) -> Particle:
     """``from_module(module, like=p)``: ``module``'s tensors as a particle of ``p``'s species at
-    its newest version, or a SchemaError listing every difference in structure.
+    its newest version, or a SchemaError listing every difference.
 
-    ``specs``/``values`` are ``module``'s, as ``_bridge.collect`` gives them.
+    The module must be what the species' skeleton records: the same tensors (paths, shapes,
+    dtypes, devices, ties), submodule classes, and plain attributes (a LeakyReLU's slope, a
+    Dropout's rate, a BatchNorm's eps, ...), since the particle runs on the species' skeleton.
+    Its mode is kept: the particle runs in ``module``'s mode (``p.training``), unless its
+    submodules are in mixed modes that differ from the species', which is refused (call
+    ``module.train()`` or ``module.eval()`` first). ``specs``/``values`` are ``module``'s, as
+    ``_bridge.collect`` gives them.
     """
     expect_particle(like, "from_module", "like= takes a particle of the species to join")
     head = at_head(like)._schema
@@ -212,16 +220,21 @@ def adopt(module: nn.Module, specs: list[TensorSpec], values: list[torch.Tensor]
               for spec in specs for path in spec.paths}
     ours = _tensor_layout(head)
     problems = _differences(ours, theirs)
-    have = [(p, type(m)) for p, m in head.skeleton.named_modules(remove_duplicate=False)]
-    got = [(p, type(m)) for p, m in module.named_modules(remove_duplicate=False)]
-    if have != got:
-        mods_h, mods_g = dict(have), dict(got)
+    have = list(head._skeleton.named_modules(remove_duplicate=False))
+    got = list(module.named_modules(remove_duplicate=False))
+    if [(p, type(m)) for p, m in have] != [(p, type(m)) for p, m in got]:
+        mods_h = {p: type(m) for p, m in have}
+        mods_g = {p: type(m) for p, m in got}
         for path in sorted(set(mods_h) | set(mods_g)):
             a, b = mods_h.get(path), mods_g.get(path)
             if a is not b:
                 problems.append(f"submodule {path or '<root>'!r}: the species has "
                                 f"{a.__name__ if a else 'none'}, the module "
                                 f"{b.__name__ if b else 'none'}")
+    else:
+        for (path, a), (_, b) in zip(have, got):
+            problems += attribute_differences(a, b, path)
+    training = _mode(have, got, problems)
     by_path = {path: v for spec, v in zip(specs, values) for path in spec.paths}
     if not problems:
         for key, shared in head.shared.items():
@@ -233,7 +246,89 @@ def adopt(module: nn.Module, specs: list[TensorSpec], values: list[torch.Tensor]
                           f"version {head.version} of species {head.species.name!r}, so it "
                           "cannot join it:\n  " + "\n  ".join(problems[:20]) +
                           (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
-    return Particle._make(head, tuple(by_path[k] for k in head.leaf_keys), None)
+    return Particle._make(head, tuple(by_path[k] for k in head.leaf_keys), training)
+
+
+def _mode(have: list[tuple[str, nn.Module]], got: list[tuple[str, nn.Module]],
+          problems: list[str]) -> bool | None:
+    """The particle's mode for a module whose modules are ``got`` (the skeleton's: ``have``).
+
+    ``None`` (each module in its species' mode) when the modes are the skeleton's; the
+    module's mode when all its modules share one; else a problem.
+    """
+    modes = [m.training for _, m in got]
+    if modes == [m.training for _, m in have]:
+        return None
+    if all(modes) or not any(modes):
+        return modes[0]
+    mixed = [f"{p or '<root>'}={'train' if m.training else 'eval'}" for p, m in got]
+    problems.append(f"the module's submodules are in mixed modes ({', '.join(mixed[:8])}"
+                    f"{', ...' if len(mixed) > 8 else ''}) that differ from the species'; a "
+                    "particle runs every module in one mode or in the species' modes: call "
+                    "module.train() or module.eval() first")
+    return None
+
+
+# Entries of every nn.Module's __dict__ that are not its configuration: tensors and submodules
+# (compared as specs and classes), hooks, the mode (compared on its own), an RNN's flat weights.
+_INTERNAL = frozenset(nn.Module().__dict__) | {"training", "_flat_weights", "_flat_weight_refs"}
+
+
+def attribute_differences(a: nn.Module, b: nn.Module, path: str) -> list[str]:
+    """The plain attributes (``vars()`` minus torch's bookkeeping) in which two modules differ."""
+    da = {k: v for k, v in vars(a).items() if k not in _INTERNAL}
+    db = {k: v for k, v in vars(b).items() if k not in _INTERNAL}
+    where = f"{path}." if path else ""
+    out = []
+    for k in [*da, *(k for k in db if k not in da)]:
+        if k not in da or k not in db:
+            side = "the module" if k not in da else "the species"
+            out.append(f"attribute {where}{k}: only in {side}")
+        elif not same_value(da[k], db[k]):
+            out.append(f"attribute {where}{k}: {da[k]!r:.60} in the species, {db[k]!r:.60} in "
+                       "the module")
+    return out
+
+
+def same_value(a: Any, b: Any, depth: int = 0) -> bool:
+    """Whether two attribute values are equal: by value for numbers, strings, containers,
+    tensors and objects with ``==``; functions by their code, defaults and closures; other
+    objects by their attributes (NaN equals NaN)."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or depth > 8:
+        return False
+    if isinstance(a, torch.Tensor):
+        return (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                and (a.is_meta or bool(torch.equal(a, b))))
+    if isinstance(a, float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y, depth + 1) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same_value(a[k], b[k], depth + 1) for k in a)
+    if isinstance(a, types.FunctionType):
+        return (a.__code__ is b.__code__
+                and same_value(a.__defaults__, b.__defaults__, depth + 1)
+                and same_value(a.__kwdefaults__, b.__kwdefaults__, depth + 1)
+                and same_value([c.cell_contents for c in a.__closure__ or ()],
+                               [c.cell_contents for c in b.__closure__ or ()], depth + 1))
+    if isinstance(a, types.MethodType):
+        return a.__func__ is b.__func__ and same_value(a.__self__, b.__self__, depth + 1)
+    if isinstance(a, functools.partial):
+        return same_value((a.func, a.args, a.keywords), (b.func, b.args, b.keywords), depth + 1)
+    if isinstance(a, nn.Module):
+        return not attribute_differences(a, b, "")
+    if type(a).__eq__ is object.__eq__:
+        return hasattr(a, "__dict__") and same_value(vars(a), vars(b), depth + 1)
+    try:
+        same = a == b
+        if type(same) is bool:
+            return same
+        every = getattr(same, "all", None)  # an array of answers (numpy)
+        return bool(every() if callable(every) else same)
+    except Exception:  # noqa: BLE001 - an == that cannot answer: not provably equal
+        return False
 
 
 def _differences(ours: dict[str, tuple], theirs: dict[str, tuple]) -> list[str]:

@@ -52,9 +52,16 @@ def byte_view(t: torch.Tensor) -> np.ndarray:
     """The bytes of a contiguous CPU tensor as a uint8 array sharing its memory (no copy).
 
     A tensor of at most one element can count as contiguous with stride 0 (expanded); it is
-    copied.
+    copied. So is a lazy conjugate or negative view (``t.conj()`` of a complex tensor,
+    ``t.conj().imag``): its memory holds the values before the conjugation or negation, so
+    its bytes are those of the resolved values.
+
+    >>> import torch
+    >>> z = torch.tensor([1 + 2j], dtype=torch.complex64).conj()
+    >>> torch.frombuffer(bytearray(byte_view(z)), dtype=torch.complex64)
+    tensor([1.-2.j])
     """
-    t = t.detach()
+    t = t.detach().resolve_conj().resolve_neg()  # the tensor itself when no bit is set
     if t.dtype in _NUMPY:  # numpy's own view: fewer torch calls
         arr = t.numpy().reshape(-1)
         if arr.strides != (arr.itemsize,) and arr.size:

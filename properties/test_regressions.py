@@ -62,10 +62,10 @@ def test_lstm_forward_leaves_the_skeleton_alone():
     nn.LSTM.__setattr__, which rebuilt _flat_weights, and restoring left the particle's real
     tensors there (law 'apply_pure'); fixed on main with pure forward passes."""
     p = _lstm_particle()
-    before = [id(t) for t in p.schema.skeleton._flat_weights]
+    before = [id(t) for t in p.schema._skeleton._flat_weights]
     nf.apply(p, torch.randn(4, 2))
-    assert [id(t) for t in p.schema.skeleton._flat_weights] == before
-    assert all(t.is_meta for t in p.schema.skeleton._flat_weights)
+    assert [id(t) for t in p.schema._skeleton._flat_weights] == before
+    assert all(t.is_meta for t in p.schema._skeleton._flat_weights)
 
 
 def test_save_after_an_lstm_forward(tmp_path):
@@ -150,17 +150,11 @@ def test_deepening_after_a_flatten_is_refused(net, x, after):
 
 # found by the law suite drawing growth on the 3-layer MLP (ci profile) -----------------------
 
-_SHARED_RENAME = pytest.mark.xfail(
-    strict=True, reason="nytorch_func/_containers.py InsertModules.apply renames the shared "
-    "values of the children it moves one by one in place (shared[new] = shared.pop(old)): a "
-    "child moving onto a key another moved child still holds overwrites it ('0'->'1' before "
-    "'1'->'2'), so the species loses a shared tensor and holds another under the wrong key")
-
-
-@pytest.mark.parametrize("index, n", [pytest.param(0, 1, marks=_SHARED_RENAME),
-                                      pytest.param(0, 2, marks=_SHARED_RENAME),
-                                      (1, 1)])  # no moved key lands on another: right today
+@pytest.mark.parametrize("index, n", [(0, 1), (0, 2), (1, 1)])
 def test_inserting_before_children_with_shared_values_keeps_them(index, n):
+    """Was: _containers.InsertModules.apply renamed the shared values of the moved children one
+    by one in place, so '0'->'1' overwrote '1' before it moved and the species lost a shared
+    tensor (fixed on main in 2e5a7f0: moved all at once)."""
     nn = torch.nn
     p = nf.from_module(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Tanh(),
                                      nn.Linear(3, 1)))
@@ -174,7 +168,6 @@ def test_inserting_before_children_with_shared_values_keeps_them(index, n):
     assert torch.equal(nf.apply(q, x), nf.apply(p, x))
 
 
-@_SHARED_RENAME
 def test_deepening_before_children_with_shared_values_keeps_them():
     """The same through nf.deepen (found by tests/test_io_lossless.py under the ci profile:
     nf.load then refused the checkpoint, its shared tensors not matching the shared specs)."""

@@ -96,3 +96,20 @@ def test_module_policies_survive_a_checkpoint(tmp_path):
     assert back.schema.spec("1.running_var").policy == "reset"
     assert torch.equal(back.schema.spec("1.running_var").reset, torch.ones(6))
     assert back.schema.spec("4.running_var").policy == "mean"
+
+
+def test_reset_of_a_population_without_members_needs_a_value():
+    empty = nf.population(bn_model(), 3)[0:0]
+    with unchanged(empty):
+        for path in ("1.running_mean", "1", ""):
+            with pytest.raises(nf.SchemaError, match="has no members; pass value="):
+                nf.configure_buffer(empty, path, policy="reset")
+    assert len(empty.species) == 1
+    q = nf.configure_buffer(empty, "1.running_mean", policy="reset", value=torch.full((6,), 2.0))
+    assert q.batch_shape == (0,) and torch.equal(q.schema.spec("1.running_mean").reset,
+                                                 torch.full((6,), 2.0))
+    # a shared buffer has its one value even without members
+    shared = nf.add_buffer(nf.from_module(nn.Linear(2, 2)), "scale", torch.ones(2), state=False)
+    none = nf.population(shared, 2)[0:0]
+    r = nf.configure_buffer(none, "scale", policy="reset")
+    assert torch.equal(r.schema.spec("scale").reset, torch.ones(2))

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -180,3 +181,57 @@ def test_events_during_forward_passes_keep_skeletons_data_free() -> None:
     assert len(head.species) > 1
     for schema in head.species.live_versions():
         assert all(t.is_meta for t in [*schema.skeleton.parameters(), *schema.skeleton.buffers()])
+
+
+@pytest.mark.parametrize("read", ["history", "touch_error", "load_species_error"])
+def test_readers_of_the_live_versions_while_another_thread_appends(read, tmp_path) -> None:
+    """nf.history, touch's and load(species=)'s error paths list the live versions: they must
+    not fail ('dictionary changed size during iteration') while events are appended."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        keep = [nf.add_buffer(nf.from_module(nn.Linear(1, 1)), "w", torch.zeros(1))]
+        for i in range(150):
+            keep.append(nf.add_buffer(keep[-1], f"w{i}", torch.zeros(1)))
+        p = keep[0]  # version 0 is freed: loading a file that starts there lists the live ones
+        nf.save(tmp_path / "v0.nf", nf.from_module(nn.Linear(1, 1)))
+        calls = {
+            "history": lambda: nf.history(p.species),
+            "touch_error": lambda: nf.touch(p, to=10**9),  # never made: names the live versions
+            "load_species_error": lambda: nf.load(tmp_path / "v0.nf", species=p.species),
+        }
+        for call in calls.values():  # each reaches the path that lists the live versions
+            try:
+                call()
+            except nf.NytorchFuncError as err:
+                assert "live" in str(err), err
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def writer() -> None:
+            q = keep[-1]
+            for i in range(800):
+                if done.is_set():
+                    break
+                q = nf.add_buffer(q, f"b{i}", torch.zeros(1))
+                keep.append(q)
+            done.set()
+
+        def reader() -> None:
+            while not done.is_set():
+                try:
+                    calls[read]()
+                except nf.NytorchFuncError:
+                    pass  # the refusal the call is about
+                except Exception as err:  # noqa: BLE001 - any other exception is the bug
+                    errors.append(err)
+                    done.set()
+
+        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, repr(errors[0])

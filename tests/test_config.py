@@ -99,3 +99,52 @@ def test_attribute_names_of_paramconfig_itself_are_refused(name):
     with pytest.raises(SchemaError, match="'weight'.*is taken"):
         nf.configure(p, "weight", **{name: 1})
     assert len(p.species) == 1
+
+
+def test_replace_sets_a_user_attribute_to_none():
+    c = ParamConfig(tag="x", operational=False)
+    d = c.replace(tag=None)
+    assert d.tag is None and d == ParamConfig(tag=None, operational=False)
+    assert c.replace(operational=None, clone=None, tag=None).operational is False
+
+
+def test_configure_sets_a_user_attribute_to_none_under_a_prefix():
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    p = nf.configure(nf.from_module(m), "", tag="x")
+    q = nf.configure(p, "1", tag=None)
+    assert q.config("1.weight").tag is None and q.config("1.bias").tag is None
+    assert q.config("0.weight").tag == "x"
+    assert p.config("1.weight").tag == "x"  # the old version keeps its config
+
+
+@pytest.mark.parametrize("value", [
+    float("nan"), (float("nan"), 1.0), complex(float("nan"), 2.0),
+    frozenset({float("nan")}), ("a", (float("nan"),))],
+    ids=["nan", "tuple", "complex", "frozenset", "nested"])
+def test_nan_attributes_equal_their_copies(value):
+    import math
+    a = ParamConfig(scale=value)
+    b = copy.deepcopy(a)  # rebuilds the attribute: another NaN object where it is not shared
+    c = ParamConfig(scale=eval(repr(value), {"nan": math.nan, "frozenset": frozenset}))  # noqa: S307
+    assert a == b == c and hash(a) == hash(b) == hash(c) and len({a, b, c}) == 1
+    assert a != ParamConfig(scale=1.0) and a != ParamConfig()
+
+
+def test_nan_keys_do_not_collide_with_other_values():
+    nan = float("nan")
+    assert ParamConfig(x=complex(nan, 1.0)) != ParamConfig(x=(nan, nan, 1.0))
+    assert ParamConfig(x=nan) != ParamConfig(x="nan")
+    assert ParamConfig(x=(nan, 1.0)) != ParamConfig(x=(1.0, nan))
+    assert ParamConfig(x=1) == ParamConfig(x=1.0)  # Python's equality otherwise
+
+
+@pytest.mark.parametrize("value", [float("nan"), (float("nan"), 2.0), complex(1.0, float("nan"))],
+                         ids=["nan", "tuple", "complex"])
+def test_nan_config_attributes_round_trip_and_join_their_species(tmp_path, value):
+    p = nf.configure(nf.from_module(torch.nn.Linear(2, 2)), "weight", scale=value)
+    q = nf.add_param(p, "extra", torch.ones(2))  # a later version: the file holds the event too
+    nf.save(tmp_path / "p.nf", [p, q])
+    a, b = nf.load(tmp_path / "p.nf")
+    assert a.config("weight") == p.config("weight") and b.config("weight") == q.config("weight")
+    a, b = nf.load(tmp_path / "p.nf", species=p.species)
+    assert a.schema is p.schema and b.schema is q.schema

@@ -366,3 +366,13 @@ def test_pack_unpack_round_trip_one_buffer_per_dtype():
     assert [tuple(b.shape) for b in bufs] == [(3, 5), (3, 1), (3, 1)]
     back = unpack(bufs, layout, lead=(3,))
     assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(back, ts))
+
+
+def test_gather_and_broadcast_keep_the_batch_shape_of_leafless_populations(world_of_one):
+    shared = nf.configure(nf.from_module(nn.Linear(3, 2)), "", operational=False, clone=False)
+    for p in (nf.from_module(nn.ReLU()), shared):
+        pop = nf.population(p, 5)
+        assert not pop.leaves
+        assert nfd.shard(pop).gather().batch_shape == (5,)
+        assert nfd.broadcast(pop).batch_shape == (5,)
+        assert nfd.broadcast(nf.stack([pop] * 2)).batch_shape == (2, 5)

@@ -1,6 +1,7 @@
 """nytorch_func.evolution: operators against hand-written per-tensor references, configs,
 seeds, commuting with touch, PSO / SNES following an event, greedy soup."""
 
+import dataclasses
 import gc
 import math
 
@@ -332,3 +333,54 @@ def test_bench_cases_run():
     for name, fn in cases.items():
         fn()
         assert callable(fn), name
+
+
+@pytest.mark.parametrize("make", ["pso", "snes"])
+@pytest.mark.parametrize("how", ["set", "del"])
+def test_states_are_frozen_with_the_typed_error(make, how):
+    pop = nf.population(nn.Linear(2, 2), 3, generator=torch.Generator().manual_seed(0))
+    state = ev.pso_init(pop) if make == "pso" else ev.snes_init(pop[0], 4)
+    with pytest.raises(nf.FrozenError, match="immutable"):
+        if how == "set":
+            state.generation = 5
+        else:
+            del state.generation
+    assert state.generation == 0
+    assert dataclasses.replace(state, generation=5).generation == 5  # the way to a new one
+
+
+def _pop(n=3):
+    return nf.population(nn.Linear(2, 1), n, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ev.pso_init(_pop()[0]), nf.SchemaError, "pso_init: expected a population, got a single"),
+    (lambda: ev.pso_init(_pop()[0:0]), nf.SchemaError, "pso_init: the population has no members"),
+    (lambda: ev.pso_init(nf.stack([_pop()] * 2)), nf.SchemaError,
+     r"one batch dimension, got batch shape \(2, 3\)"),
+    (lambda: ev.pso_init(nn.Linear(2, 1)), nf.ArgumentTypeError, "pso_init: expected a population"),
+    (lambda: ev.pso_step("state", lambda p: 0), nf.ArgumentTypeError, "pso_step: state must be the PSOState"),
+    (lambda: ev.greedy_soup(_pop()[1], lambda q: 1.0), nf.SchemaError, "greedy_soup: expected a population"),
+    (lambda: ev.greedy_soup(_pop()[0:0], lambda q: 1.0), nf.SchemaError, "greedy_soup: the population has no members"),
+    (lambda: ev.greedy_soup(_pop(), "score"), nf.ArgumentTypeError, "greedy_soup: score_fn must be a callable"),
+    (lambda: ev.greedy_soup(_pop(), lambda q: 1.0, scores=[1.0, 2.0]), nf.SchemaError, r"greedy_soup: scores must hold one number per member, shape \(3,\)"),
+    (lambda: ev.greedy_soup(_pop(), lambda q: 1.0, scores=["a", "b", "c"]), nf.ArgumentTypeError, "greedy_soup: scores must be numbers"),
+    (lambda: ev.snes_init(nn.Linear(2, 1), 4), nf.ArgumentTypeError, "snes_init: center must be a Particle"),
+    (lambda: ev.snes_init(_pop(), 4), nf.SchemaError, r"snes_init: center must be a single particle, got a population of batch shape \(3,\)"),
+    (lambda: ev.snes_ask(None), nf.ArgumentTypeError, "snes_ask: state must be the SNESState"),
+    (lambda: ev.snes_tell(ev.snes_init(_pop()[0], 4), 3, torch.zeros(4)), nf.ArgumentTypeError, "snes_tell: noise must be"),
+    (lambda: ev.snes_step(ev.pso_init(_pop()), lambda p: 0), nf.ArgumentTypeError, "snes_step: state must be the SNESState"),
+], ids=["pso_single", "pso_empty", "pso_2d", "pso_module", "pso_step_state", "soup_single", "soup_empty",
+        "soup_score_fn", "soup_scores_len", "soup_scores_kind", "snes_module", "snes_population",
+        "snes_ask_state", "snes_tell_noise", "snes_step_state"])
+def test_algorithms_refuse_bad_arguments_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_one_member_population_runs_every_algorithm():
+    pop = _pop(1)
+    soup = ev.greedy_soup(pop, lambda q: -float(q["weight"].abs().sum()))
+    assert soup.indices.tolist() == [0] and torch.equal(soup.particle["weight"], pop[0]["weight"])
+    state = ev.pso_step(ev.pso_init(pop), lambda p: -p["weight"].abs().sum((1, 2)))
+    assert state.generation == 1 and state.best_fitness.shape == (1,)

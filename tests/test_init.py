@@ -174,3 +174,78 @@ def test_nothing_is_left_to_the_cycle_collector():
     gc.collect()
     work()
     assert gc.collect() == 0
+
+
+# initialisation the module's own __init__ did (adversary finding of 2026-12-02) ----------------
+
+class _ZeroHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 2)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+
+class _SmallNormal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+        nn.init.normal_(self.fc.weight, 0.0, 0.02)
+
+
+def test_constants_set_in_init_are_kept_like_constructed_modules():
+    pop = nf.population(_ZeroHead(), 4, generator=torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(pop["head.weight"]) == 0 and torch.count_nonzero(pop["head.bias"]) == 0
+    assert not torch.equal(pop["body.weight"][0], pop["body.weight"][1])  # the rest drawn per member
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    nn.init.zeros_(net[1].weight)  # ResNet's zero_init_residual
+    pop = nf.population(net, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(pop["1.weight"]) == 0
+    assert torch.equal(pop["1.bias"], torch.zeros(3, 8))
+
+
+def test_trained_away_norm_weights_are_reset():
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)  # as training leaves them: not constant
+    pop = nf.population(net, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pop["1.weight"], torch.ones(3, 8))
+
+
+def test_a_redrawn_leaf_warns_and_names_the_factory_form():
+    with pytest.warns(UserWarning, match=r"fc\.weight.*nf\.population\(MyNet, n\)"):
+        pop = nf.population(_SmallNormal(), 4, generator=torch.Generator().manual_seed(0))
+    assert pop["fc.weight"].shape == (4, 64, 64)
+
+
+def test_a_factory_constructs_every_member_reproducibly():
+    state = torch.get_rng_state()
+    pop = nf.population(_SmallNormal, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left as it was
+    again = nf.population(_SmallNormal, 6, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(pop.leaves, again.leaves))
+    assert abs(float(pop["fc.weight"].detach().std()) - 0.02) < 0.002  # the __init__'s own N(0, 0.02)
+    assert not torch.equal(pop["fc.weight"][0], pop["fc.weight"][1])
+    torch.manual_seed(3)
+    built = [_SmallNormal() for _ in range(2)]
+    torch.manual_seed(3)
+    pop = nf.population(_SmallNormal, 2)  # no generator: the global RNG, as constructing does
+    assert torch.equal(pop["fc.weight"][1], built[1].fc.weight)
+
+
+@pytest.mark.parametrize("kwargs, error", [(dict(n=0), nf.SchemaError),
+                                           (dict(n=2, init="randn"), nf.SchemaError),
+                                           (dict(n="2"), TypeError)])
+def test_a_factory_with_bad_arguments_is_refused(kwargs, error):
+    with pytest.raises(error):
+        nf.population(_SmallNormal, **kwargs)
+    with pytest.raises(TypeError, match="must return an nn.Module"):
+        nf.population(lambda: 3, 2)
+
+
+def test_a_linear_without_its_weight_keeps_its_bias_drawn():
+    """Found by the checkpoint round-trip property: the tied-weight change read m.weight."""
+    p = nf.del_param(nf.from_module(nn.Linear(3, 2)), "weight")
+    pop = nf.population(p, 2, generator=torch.Generator().manual_seed(0))
+    assert list(pop.params) == ["bias"] and pop["bias"].shape == (2, 2)

@@ -141,8 +141,9 @@ def test_join_refuses_other_structures_versions_and_arguments(tmp_path):
     del four
     with pytest.raises(nf.CheckpointError, match="start at version 0.*was freed.*alive"):
         nf.load(path, species=nf.from_module(nn.Linear(3, 2)).species)
-    wide = nf.from_module(nn.Linear(3, 2))
-    wide.schema.skeleton.in_features = 99  # a skeleton attribute differs
+    differs = nn.Linear(3, 2)
+    differs.in_features = 99  # a skeleton attribute differs
+    wide = nf.from_module(differs)
     with pytest.raises(nf.CheckpointError, match="in_features: 3 in the checkpoint, 99 here"):
         nf.load(path, species=wide.species)
     two = nf.from_module(nn.Linear(2, 2))

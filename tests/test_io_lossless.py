@@ -228,6 +228,31 @@ def test_complex128_parameters_and_events(tmp_path):
     assert back[1]["phase"].dtype == torch.complex128
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_lazy_conjugate_and_negative_views_save_their_values(tmp_path, dtype):
+    """A conj()/neg view's memory holds the values before the conjugation: every tensor a
+    checkpoint holds (leaves, a buffer added by reference, raw tensors) is saved resolved."""
+    z = torch.tensor([1 + 2j, -3 - 0.5j], dtype=dtype)
+    p = nf.to(nf.from_module(nn.Linear(2, 2)), dtype=dtype)
+    q = nf.add_buffer(p, "phase", z.conj(), state=False)  # the same tensor object: a conj view
+    assert q["phase"].is_conj()
+    neg = torch._neg_view(torch.tensor([1.5, -2.0]))  # a float tensor with the negative bit
+    back = roundtrip(tmp_path, {"q": q, "neg": neg, "conj": z.conj()})
+    assert torch.equal(back["q"]["phase"], torch.conj_physical(z))
+    assert torch.equal(back["neg"], torch.tensor([-1.5, 2.0]))
+    assert torch.equal(back["conj"], torch.conj_physical(z))
+    nf.save(tmp_path / "q.nf", q)  # and the file joins the species that holds the view
+    assert nf.load(tmp_path / "q.nf", species=q.species).schema is q.schema
+
+
+def test_events_with_conjugate_views_replicate_their_values():
+    from nytorch_func._events import AddBuffer
+    from nytorch_func.distributed._eventwire import decode_events, encode_events
+    z = torch.tensor([1 + 2j], dtype=torch.complex64)
+    (event,) = decode_events(encode_events([AddBuffer("phase", z.conj(), state=False)]))
+    assert torch.equal(event.tensor, torch.conj_physical(z))  # safetensors alone wrote 1+2j
+
+
 # leaves that disagree with their schema ---------------------------------------------------------
 
 @pytest.mark.parametrize("bad, match", [

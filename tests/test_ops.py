@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -149,6 +150,58 @@ def test_complex_coefficients_refused_for_real_parameters(pair, other):
             for call in (lambda: operand + other, lambda: other * operand):
                 with pytest.raises(SchemaError, match="complex coefficient cannot be stored"):
                     call()
+
+
+# numpy operands and bools ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(BINARY))
+@pytest.mark.parametrize("make", [np.float64, np.float32, np.int64, float],
+                         ids=["float64", "float32", "int64", "python"])
+def test_numpy_scalars_on_either_side_are_numbers(name, make):
+    pop = _positive(nf.population(mlp(), 3, generator=torch.Generator().manual_seed(0)))
+    op = BINARY[name]
+    w = make(2)
+    for got, want in ((op(w, pop), op(2.0, pop)), (op(pop, w), op(pop, 2.0))):
+        assert isinstance(got, nf.Particle) and got.batch_shape == (3,)
+        for a, b in zip(got.leaves, want.leaves):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_numpy_arrays_are_per_member_coefficients():
+    pop = nf.population(mlp(), 4, generator=torch.Generator().manual_seed(0))
+    w = np.linspace(0.0, 1.0, 4)  # float64: cast to each float32 leaf, as a tensor would be
+    want = pop * torch.tensor(w)
+    for got in (w * pop, pop * w, nf.lerp(pop, pop[0], w) * 1.0):
+        assert isinstance(got, nf.Particle) and got.batch_shape == (4,)
+        assert all(a.dtype == torch.float32 for a in got.leaves)
+    assert all(torch.equal(a, b) for a, b in zip((w * pop).leaves, want.leaves))
+    assert torch.equal(nf.lerp(pop, pop[0], w)["0.weight"],
+                       nf.lerp(pop, pop[0], torch.tensor(w))["0.weight"])
+    with unchanged(pop):
+        with pytest.raises(SchemaError, match="one coefficient per population member"):
+            np.ones(3) * pop
+        with pytest.raises(nf.ArgumentTypeError, match="numpy array of dtype object"):
+            pop * np.array([object()] * 4)
+        with pytest.raises(SchemaError, match="complex coefficient"):
+            np.complex128(1j) * pop
+        with pytest.raises(TypeError):  # a numpy ufunc refuses particles, as for any object
+            np.add(pop, 1.0)
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+@pytest.mark.parametrize("flag", [True, False, np.bool_(True), torch.tensor(True)],
+                         ids=["True", "False", "np_bool", "tensor_bool"])
+def test_bools_are_the_numbers_0_and_1(name, flag):
+    p = _positive(nf.from_module(mlp()))
+    op = BINARY[name]
+    n = int(bool(flag))
+    for got, want in ((op(p, flag), op(p, n)), (op(flag, p), op(n, p))):
+        for a, b in zip(got.leaves, want.leaves):
+            assert a.dtype == b.dtype and torch.allclose(a, b, equal_nan=True)
+    pop = nf.population(p, 2)
+    per_member = torch.tensor([True, False])
+    assert torch.equal((pop - per_member)["0.weight"], (pop - torch.tensor([1.0, 0.0]))["0.weight"])
+    assert torch.equal(nf.lerp(p, p.zeros(), True)["0.weight"], p.zeros()["0.weight"])
 
 
 # configs -------------------------------------------------------------------------------------

@@ -428,3 +428,16 @@ def test_bad_steps_are_typed_errors_and_change_nothing():
     with pytest.raises(nf.FrozenError, match="dataclasses.replace"):
         adam.lr = 0.1
     assert state.step == {} and not state.m["weight"].any()
+
+
+@pytest.mark.parametrize("make", ["SGD", "Adam", "AdamW"])
+def test_optimizers_are_replaced_not_changed(make):
+    opt = getattr(optim, make)(lr=0.1)
+    with pytest.raises(nf.FrozenError, match=f"{make} is immutable"):
+        opt.betas = (0.5, 0.5)
+    with pytest.raises(nf.FrozenError, match="dataclasses.replace"):
+        del opt.maximize
+    new = dataclasses.replace(opt, lr=0.5)
+    assert type(new) is type(opt) and new.lr == 0.5 and opt.lr == 0.1
+    with pytest.raises(nf.FrozenError):
+        new.lr = 1.0

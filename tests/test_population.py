@@ -251,3 +251,122 @@ def test_populations_of_a_module_without_tensors_keep_their_size():
     assert shrunk.leaves == () and shrunk.batch_shape == (5,)
     late = nf.touch(nf.population(e, 2))  # across both events: added, then deleted
     assert late.version == 2 and late.leaves == () and late.batch_shape == (2,)
+
+
+# vmap_apply's in_dims, stack's and from_modules' arguments --------------------------------------
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x, y):
+        return self.lin(x) * y
+
+
+@pytest.mark.parametrize("in_dims, prepare", [
+    (0, lambda xs, ys: (xs, ys)),
+    ([0, 0], lambda xs, ys: (xs, ys)),
+    ((1, 0), lambda xs, ys: (xs.transpose(0, 1), ys)),
+    ((-1, 0), lambda xs, ys: (xs.movedim(0, -1), ys)),
+], ids=["int", "list", "dim1", "negative"])
+def test_vmap_apply_in_dims_like_torch_func_vmap(in_dims, prepare):
+    pop = nf.population(_TwoInputs(), 4, generator=torch.Generator().manual_seed(0))
+    xs, ys = torch.randn(4, 5, 3), torch.randn(4, 5, 1)
+    want = torch.stack([nf.apply(pop[i], xs[i], ys[i]) for i in range(4)])
+    got = nf.vmap_apply(pop, *prepare(xs, ys), in_dims=in_dims)
+    torch.testing.assert_close(got, want)
+
+
+def test_vmap_apply_int_in_dims_on_the_fallback_path_and_two_batch_dims():
+    pop = nf.population(Tagger(), 3, init="randn")
+    tokens = torch.randint(0, 11, (3, 2, 7))
+    with pytest.warns(nf.VmapFallbackWarning):
+        out = nf.vmap_apply(pop, tokens, in_dims=0)
+    for i, m in enumerate(members(pop)):
+        torch.testing.assert_close(out[i], m(tokens[i]))
+    grid = nf.stack([nf.population(mlp(), 3)] * 2)  # batch shape (2, 3)
+    xs = torch.randn(2, 3, 5, 6)
+    out = nf.vmap_apply(grid, xs, in_dims=0)
+    torch.testing.assert_close(out[1, 2], nf.apply(grid[1][2], xs[1, 2]))
+
+
+@pytest.mark.parametrize("args, in_dims, error, match", [
+    ((torch.randn(4, 5, 3),), "0", nf.ArgumentTypeError, "in_dims must be None, an int or a tuple"),
+    ((torch.randn(4, 5, 3),), True, nf.ArgumentTypeError, "in_dims must be None, an int or a tuple"),
+    ((torch.randn(4, 5, 3),), ({"x": 0},), nf.ArgumentTypeError,
+     r"in_dims\[0\]=\{'x': 0\} does not match the structure of argument 0"),
+    (({"x": torch.randn(4, 5, 3)},), ({"x": "0"},), nf.ArgumentTypeError, "must hold ints or None"),
+    (({"x": torch.randn(4, 5, 3), "n": 2},), 0, nf.ArgumentTypeError,
+     r"argument 0 is mapped \(in_dims\[0\]=0\) but holds a int"),
+    ((torch.randn(4, 5, 3), 2.0), 0, nf.ArgumentTypeError, "argument 1 is mapped .* holds a float"),
+    ((torch.randn(3, 5, 3),), 0, nf.SchemaError, r"batch shape \(4,\) at dim 0 .* shape \(3, 5, 3\)"),
+    ((torch.randn(4, 5, 3),), 5, nf.SchemaError, r"batch shape \(4,\) at dim 5"),
+    ((torch.randn(4, 5, 3),), -7, nf.SchemaError, r"at dim -7"),
+    ((torch.randn(4, 5, 3),), (0, None), nf.SchemaError, "in_dims has 2 entries for 1 arguments"),
+], ids=["str", "bool", "nested_for_a_tensor", "nested_str", "int_leaf_mapped", "float_mapped",
+        "wrong_size", "dim_too_large", "negative_out", "length"])
+def test_vmap_apply_refuses_bad_in_dims_before_running(args, in_dims, error, match):
+    pop = nf.population(nn.Linear(3, 2), 4)
+    with pytest.raises(error, match=match):
+        nf.vmap_apply(pop, *args, in_dims=in_dims)
+
+
+def test_vmap_apply_negative_in_dims_need_one_batch_dimension():
+    grid = nf.stack([nf.population(nn.Linear(3, 2), 3)] * 2)
+    with pytest.raises(nf.SchemaError, match="negative dim needs a population with one batch"):
+        nf.vmap_apply(grid, torch.randn(5, 3, 2), in_dims=-1)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda p: nf.stack(3), "stack: expected a sequence of Particles, got int"),
+    (lambda p: nf.stack(None), "got NoneType"),
+    (lambda p: nf.stack(p), "got one Particle"),
+    (lambda p: nf.stack(nf.population(p, 2)), "got one Particle"),
+    (lambda p: nf.stack([p, "q"]), "stack: expected Particles, got str"),
+    (lambda p: nf.from_modules(nn.Linear(2, 2)), "from_modules: expected a sequence of nn.Modules, got one Linear"),
+    (lambda p: nf.from_modules(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))), "got one Sequential"),
+    (lambda p: nf.from_modules(5), "got int"),
+], ids=["stack_int", "stack_none", "stack_particle", "stack_population", "stack_str_member",
+        "from_modules_module", "from_modules_sequential", "from_modules_int"])
+def test_stack_and_from_modules_refuse_what_is_not_a_sequence(call, match):
+    p = nf.from_module(nn.Linear(2, 2))
+    with pytest.raises(nf.ArgumentTypeError, match=match):
+        call(p)
+    assert len(p.species) == 1
+
+
+def test_stack_and_from_modules_take_any_iterable_and_a_module_list():
+    p = nf.from_module(nn.Linear(2, 2))
+    assert nf.stack(q for q in (p, p.randn())).batch_shape == (2,)
+    assert nf.stack((p, p)).batch_shape == (2,)
+    models = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
+    pop = nf.from_modules(models)
+    assert pop.batch_shape == (3,) and torch.equal(pop["weight"][2], models[2].weight)
+    assert nf.from_modules(iter(models)).batch_shape == (3,)
+
+
+class _DictInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, batch):
+        return self.lin(batch["x"]) * batch["scale"]
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_vmap_apply_maps_container_arguments_by_a_structure_of_in_dims(fallback, monkeypatch):
+    pop = nf.population(_DictInput(), 4, generator=torch.Generator().manual_seed(0))
+    batch = {"x": torch.randn(4, 5, 3), "scale": torch.tensor(2.0)}
+    want = torch.stack([nf.apply(pop[i], {"x": batch["x"][i], "scale": batch["scale"]})
+                        for i in range(4)])
+    if fallback:  # the members one by one, as for a model without a batching rule
+        def refuse(*a, **k):
+            raise RuntimeError("Batching rule not implemented for aten::test")
+        monkeypatch.setattr(torch.func, "vmap", lambda fn, in_dims: refuse)
+        with pytest.warns(nf.VmapFallbackWarning):
+            got = nf.vmap_apply(pop, batch, in_dims=({"x": 0, "scale": None},))
+    else:
+        got = nf.vmap_apply(pop, batch, in_dims=({"x": 0, "scale": None},))
+    torch.testing.assert_close(got, want)

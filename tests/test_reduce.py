@@ -283,3 +283,44 @@ def test_reductions_commute_with_touch(op):
     assert a.schema.leaf_keys == b.schema.leaf_keys
     for key, x, y in zip(a.schema.leaf_keys, a.leaves, b.leaves):
         assert torch.allclose(x, y, atol=1e-6), key
+
+
+# populations without per-particle tensors keep their batch shape ----------------------------------
+
+def _all_shared():
+    """A Linear whose tensors are all shared: a model with parameters but no leaves."""
+    return nf.configure(nf.from_module(nn.Linear(3, 2)), "", operational=False, clone=False)
+
+
+def _leafless_cases():
+    from nytorch_func import evolution as ev
+    return {
+        "mean_2d": (lambda p, pop, grid: nf.mean(grid), (4,)),
+        "weighted_mean_2d": (lambda p, pop, grid: nf.mean(grid, weights=[1.0, 2.0, 3.0]), (4,)),
+        "mean": (lambda p, pop, grid: nf.mean(pop), ()),
+        "where": (lambda p, pop, grid: nf.where(torch.tensor([True, False] * 2), pop, pop), (4,)),
+        "where_singles": (lambda p, pop, grid: nf.where([True, False, True], p, p), (3,)),
+        "take_2d": (lambda p, pop, grid: nf.take(grid, [2, 0]), (2, 4)),
+        "topk": (lambda p, pop, grid: nf.topk(pop, [1.0, 3.0, 2.0, 0.0], 2)[0], (2,)),
+        "uniform_crossover": (lambda p, pop, grid: ev.uniform_crossover(pop, p), (4,)),
+        "tensor_crossover": (lambda p, pop, grid: ev.tensor_crossover(p, pop), (4,)),
+        "gaussian_mutation": (lambda p, pop, grid: ev.gaussian_mutation(pop, 0.1), (4,)),
+        "pso_velocity": (lambda p, pop, grid: ev.pso_velocity(pop, pop, pop, p), (4,)),
+        "lerp_single_start": (lambda p, pop, grid: nf.lerp(p, pop, 0.5), (4,)),
+        "lerp_member_weights": (lambda p, pop, grid: nf.lerp(p, pop, torch.ones(4)), (4,)),
+        "grad": (lambda p, pop, grid: nf.grad(lambda q: torch.tensor(float(len(q))))(pop), (4,)),
+        "single_plus_population": (lambda p, pop, grid: p + pop, (4,)),
+    }
+
+
+@pytest.mark.parametrize("make", [lambda: nf.from_module(nn.ReLU()), _all_shared],
+                         ids=["no_tensors", "all_shared"])
+@pytest.mark.parametrize("case", list(_leafless_cases()))
+def test_leafless_populations_keep_their_batch_shape_everywhere(make, case):
+    p = make()
+    pop = nf.population(p, 4)
+    grid = nf.stack([pop] * 3)
+    assert not pop.leaves and grid.batch_shape == (3, 4)
+    op, want = _leafless_cases()[case]
+    out = op(p, pop, grid)
+    assert isinstance(out, nf.Particle) and tuple(out.batch_shape) == want

@@ -1,6 +1,9 @@
 """nf.state_dict / nf.load_state_dict / nf.from_module(m, like=p): values in and out of torch's format."""
 
 import copy
+import functools
+
+import numpy as np
 
 import pytest
 import torch
@@ -182,3 +185,88 @@ def test_ties_and_shared_values_must_match():
     with torch.no_grad():
         same.bias.copy_(shared["bias"])
     assert nf.from_module(same, like=shared).species is shared.species
+
+
+# from_module(module, like=p): the joined particle runs as the module it came from ----------------
+
+class _Holds(nn.Module):
+    """Plain attributes of several kinds; equal when built with equal arguments."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.f = lambda x: x * k
+        self.g = functools.partial(torch.clamp, min=k)
+        self.t = torch.tensor([k])
+        self.a = np.array([k, k])
+        self.o = _Box(k)
+        self.nan = float("nan")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(self.f(self.lin(x)) * self.t)
+
+
+class _Box:
+    def __init__(self, v: float) -> None:
+        self.v = v
+
+
+@pytest.mark.parametrize("make, other, differs", [
+    (lambda: nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.01)),
+     lambda: nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.5)), "attribute 1.negative_slope: 0.01"),
+    (lambda: nn.Dropout(0.1), lambda: nn.Dropout(0.2), "attribute p: 0.1 in the species, 0.2"),
+    (lambda: nn.BatchNorm1d(3), lambda: nn.BatchNorm1d(3, eps=1e-3), "attribute eps"),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 16),
+     lambda: nn.TransformerEncoderLayer(8, 2, 16, activation="gelu"), "attribute activation"),
+    (lambda: _Holds(2.0), lambda: _Holds(3.0), "attribute f: <function"),
+])
+def test_a_module_whose_attributes_differ_is_refused(make, other, differs):
+    torch.manual_seed(0)
+    p = nf.from_module(make())
+    with unchanged(p):
+        with pytest.raises(nf.SchemaError, match="does not have the structure") as info:
+            nf.from_module(other(), like=p)
+    assert differs in str(info.value)
+    if isinstance(p.schema._skeleton, _Holds):
+        for name in ("g", "t", "a", "o"):
+            assert f"attribute {name}:" in str(info.value)
+
+
+@pytest.mark.parametrize("make", [lambda: _Holds(2.0), lambda: nn.LSTM(3, 4, num_layers=2),
+                                  lambda: nn.MultiheadAttention(8, 2),
+                                  lambda: nn.TransformerEncoderLayer(8, 2, 16, activation=torch.tanh),
+                                  lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1),
+                                                        nn.BatchNorm2d(4))],
+                         ids=["plain_attributes", "lstm", "mha", "transformer", "conv_bn"])
+def test_a_module_with_equal_attributes_joins(make):
+    """Equal, not identical: lambdas of one definition, partials, tensors, arrays, objects, NaN."""
+    p = nf.from_module(make())
+    assert nf.from_module(make(), like=p).species is p.species
+
+
+def test_the_joined_particle_runs_in_the_modules_mode():
+    torch.manual_seed(0)
+
+    def make() -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+    x = torch.randn(6, 2)
+    p = nf.from_module(make())  # the species records training mode
+    m = make().eval()
+    m[1].running_mean.fill_(2.0)
+    q = nf.from_module(m, like=p)
+    assert q.training is False and torch.allclose(nf.apply(q, x), m(x))
+    assert not nf.to_module(q).training
+    e = nf.from_module(make().eval())  # an eval species, a training module
+    trains = make().train()
+    t = nf.from_module(trains, like=e)
+    assert t.training is True and torch.allclose(nf.apply(t, x), trains(x), atol=1e-6)
+    mixed = make()
+    mixed[1].eval()
+    same = make()
+    same[1].eval()
+    s = nf.from_module(same, like=nf.from_module(mixed))  # the species' own mixed modes
+    assert s.training is True and torch.allclose(nf.apply(s, x), same(x))
+    with unchanged(p):
+        with pytest.raises(nf.SchemaError, match=r"mixed modes \(<root>=train, 0=train, 1=eval\)"):
+            nf.from_module(mixed, like=p)

@@ -110,9 +110,9 @@ class NytoModule(NytoModuleBase):
         """
         if not isinstance(p, Particle):
             raise NytorchFuncError(f"from_particle: expected a Particle, got {type(p).__name__}")
-        if not isinstance(p._schema.skeleton, NytoModuleBase):
+        if not isinstance(p._schema._skeleton, NytoModuleBase):
             raise SchemaError(f"from_particle: the species root is a "
-                              f"{type(p._schema.skeleton).__name__}, not a NytoModule; use "
+                              f"{type(p._schema._skeleton).__name__}, not a NytoModule; use "
                               "nf.to_module(p) for a plain module")
         if p.batch_shape:
             raise SchemaError(f"from_particle: the particle is a population with batch shape "

@@ -21,7 +21,7 @@ from .._errors import NytorchFuncError, SchemaError, VersionError
 from .._arith import align
 from .._particle import Particle
 from ._bind import bind
-from ._handle import TAGS, NytoModuleBase
+from ._handle import TAGS, NytoModuleBase, ParticleHandle
 from ._plan import AS_IS, CLONE, OP, materialize
 from ._product import ParamProduct, shape_result
 from ._sync import current

@@ -151,7 +151,7 @@ def sync(root: nn.Module, h: ParticleHandle) -> None:
     s = h.schema
     known = _known(h.plan if h.plan is not None and h.plan.schema is s else None)
     scan = _Scan(s, known)
-    _scan(scan, root, s.skeleton, "", frozenset((id(root),)), root)
+    _scan(scan, root, s._skeleton, "", frozenset((id(root),)), root)
     if not scan.steps:
         return
     p = _read_by_path(root, h, known)

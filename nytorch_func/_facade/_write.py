@@ -83,14 +83,14 @@ def write_back(root: nn.Module, h: ParticleHandle, q: Particle, fresh: set[str] 
         # the module each skeleton module of the tree's version had: a module the new version
         # keeps under another name (del seq[i] renumbers) is moved there, not rebuilt
         had = plan.modules_by_path()
-        for path, sk in h.schema.skeleton.named_modules(remove_duplicate=False):
+        for path, sk in h.schema._skeleton.named_modules(remove_duplicate=False):
             m = had.get(path)
             if m is not None:
                 w.moved.setdefault(id(sk), m)
-        w.claimed = {id(w.moved[id(sk)]) for _, sk in s.skeleton.named_modules()
+        w.claimed = {id(w.moved[id(sk)]) for _, sk in s._skeleton.named_modules()
                      if id(sk) in w.moved}
     with s.species._call_lock:
-        _reconcile(w, root, s.skeleton, "")
+        _reconcile(w, root, s._skeleton, "")
         for modules, name, sk, path in w.pending:  # submodules the tree lacks, after the walk
             child = w.done.get(id(sk))
             if child is None:
@@ -111,7 +111,7 @@ def _resized_attributes(w: _Write, old: Schema, new: Schema) -> None:
              for _, attr, _ in event.attrs}
     if not names:
         return
-    for sk in new.skeleton.modules():
+    for sk in new._skeleton.modules():
         m = w.done.get(id(sk))
         if m is not None:
             for name in names & sk.__dict__.keys():
@@ -198,7 +198,7 @@ def from_particle(p: Particle, *, copy: bool = False) -> nn.Module:
     s = p._schema
     objs = tensors_by_path(p.clone() if copy else p)
     with s.species._call_lock:
-        root = from_skeleton(s.skeleton, "", objs)
+        root = from_skeleton(s._skeleton, "", objs)
     if p._training is not None:
         root.train(p._training)
     h = ParticleHandle(s, root)

@@ -167,7 +167,8 @@ class ShardedPopulation:
         bufs, layout = pack(local._leaves, lead=(self.count,))
         full = [_all_gather_rows(b, self.sizes, what, self.group) for b in bufs]
         leaves = _with_grad(unpack(full, layout, lead=(self.total,)), local)
-        return Particle._make(local._schema, tuple(leaves), local._training)
+        return Particle._make(local._schema, tuple(leaves), local._training,
+                              (self.total, *local.batch_shape[1:]))
 
     def gather_tensor(self, values: torch.Tensor) -> torch.Tensor:
         """A per-member tensor (``(count, ...)`` on this rank) as ``(total, ...)`` on every rank.
@@ -431,7 +432,7 @@ def _broadcast_leaves(p: Particle, src: int, what: str, group: Any) -> Particle:
         guarded(what, "broadcast", dist.broadcast, [b], b, src=_global_rank(src, group),
                 group=group)
     leaves = _with_grad(unpack(bufs, layout, lead=lead), p)
-    return Particle._make(p._schema, tuple(leaves), p._training)
+    return Particle._make(p._schema, tuple(leaves), p._training, lead)
 
 
 def _global_rank(rank: int, group: Any) -> int:

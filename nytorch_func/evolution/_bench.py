@@ -47,7 +47,7 @@ def bench_cases(*, n: int = 64, hidden: int = 32, batch: int = 256,
         return -torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.expand(n, -1),
                                                   reduction="none").mean(1)
 
-    skeleton = p.schema.skeleton
+    skeleton = net  # the raw baseline runs its own module (the schema's skeleton is read-only)
 
     def raw_fitness(params):
         logits = vmap(lambda ps: functional_call(skeleton, ps, (x,)))(params)

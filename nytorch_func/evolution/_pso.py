@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 
 import nytorch_func as nf
 
-from ._state import new_param_paths, refill
+from ._state import (expect_population, expect_state, frozen_state, new_param_paths,
+                     refill)
 from ._variation import pso_velocity
 
 __all__ = ["PSOState", "pso_init", "pso_step"]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_state
 class PSOState:
     """The swarm: positions, velocities, personal bests (all populations of one species).
 
@@ -70,6 +70,9 @@ def pso_init(pop: nf.Particle, *, velocity_scale: float = 0.0,
              generator: torch.Generator | None = None) -> PSOState:
     """A swarm starting at the members of ``pop`` with velocities ``velocity_scale * N(0, 1)``.
 
+    ``pop`` is a population with one batch dimension and at least one member (a single
+    particle, a 2-D population or an empty one is a typed error naming ``pso_init``).
+
     >>> import torch, nytorch_func as nf
     >>> from nytorch_func import evolution as ev
     >>> g = torch.Generator().manual_seed(0)
@@ -82,11 +85,11 @@ def pso_init(pop: nf.Particle, *, velocity_scale: float = 0.0,
     >>> torch.allclose(state.global_best["weight"], target, atol=1e-2)
     True
     """
+    n = expect_population(pop, "pso_init")
     pop = nf.touch(pop).detach()
     velocity = nf.zeros_like(pop)
     if velocity_scale:
         velocity = velocity_scale * nf.randn_like(pop, generator=generator)
-    n = len(pop)
     return PSOState(pop, velocity, pop, torch.full((n,), -torch.inf))
 
 
@@ -101,6 +104,7 @@ def pso_step(state: PSOState, fitness_fn: Callable[[nf.Particle], torch.Tensor],
     (:meth:`PSOState.touch`, drawing new velocities from ``generator``), so an event made on
     any particle of the species mid-run is followed.
     """
+    expect_state(state, PSOState, "pso_step", "pso_init(pop)")
     state = state.touch(generator=generator)
     with torch.no_grad():
         n = state.best_fitness.shape[0]

@@ -16,12 +16,12 @@ import torch
 
 import nytorch_func as nf
 
-from ._state import new_param_paths, refill
+from ._state import expect_state, frozen_state, new_param_paths, refill
 
 __all__ = ["SNESState", "snes_init", "snes_ask", "snes_tell", "snes_step", "snes_utilities"]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_state
 class SNESState:
     """The search distribution (``mean``, ``sigma``: single particles) and its settings."""
 
@@ -69,8 +69,13 @@ def snes_init(center: nf.Particle, popsize: int, *, sigma: float = 0.1, lr_mean:
     >>> torch.allclose(state.mean["weight"], target, atol=1e-2)
     True
     """
-    if not isinstance(center, nf.Particle) or center.batch_shape:
-        raise nf.SchemaError("snes_init: center must be a single particle (not a population)")
+    if not isinstance(center, nf.Particle):
+        raise nf.ArgumentTypeError(f"snes_init: center must be a Particle (from "
+                                   f"nf.from_module), got {type(center).__name__}")
+    if center.batch_shape:
+        raise nf.SchemaError(f"snes_init: center must be a single particle, got a population "
+                             f"of batch shape {tuple(center.batch_shape)}; pass one member "
+                             "(pop[i]) or nf.mean(pop)")
     if isinstance(popsize, bool) or not isinstance(popsize, int) or popsize < 2:
         raise nf.SchemaError(f"snes_init: popsize must be an int >= 2, got {popsize!r}")
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma <= 0:
@@ -106,6 +111,7 @@ def snes_utilities(fitness: torch.Tensor) -> torch.Tensor:
 def snes_ask(state: SNESState, *, generator: torch.Generator | None = None
              ) -> tuple[nf.Particle, nf.Particle]:
     """``(samples, noise)``: ``popsize`` samples ``mean + sigma * noise``, noise ~ N(0, 1)."""
+    expect_state(state, SNESState, "snes_ask", "snes_init(center, popsize)")
     state = state.touch()
     noise = nf.population(state.mean, state.popsize, init="randn", generator=generator)
     # population on the left: non-operational leaves come from the noise population (copies
@@ -115,6 +121,10 @@ def snes_ask(state: SNESState, *, generator: torch.Generator | None = None
 
 def snes_tell(state: SNESState, noise: nf.Particle, fitness: torch.Tensor) -> SNESState:
     """The distribution after one natural-gradient step from the samples' ``fitness``."""
+    expect_state(state, SNESState, "snes_tell", "snes_init(center, popsize)")
+    if not isinstance(noise, nf.Particle):
+        raise nf.ArgumentTypeError(f"snes_tell: noise must be the noise population snes_ask "
+                                   f"returned, got {type(noise).__name__}")
     state = state.touch()
     noise = nf.touch(noise)
     n = state.popsize
@@ -138,6 +148,7 @@ def snes_tell(state: SNESState, noise: nf.Particle, fitness: torch.Tensor) -> SN
 def snes_step(state: SNESState, fitness_fn: Callable[[nf.Particle], torch.Tensor], *,
               generator: torch.Generator | None = None) -> SNESState:
     """One generation: ask, score with ``fitness_fn(samples) -> (popsize,)`` (higher is better), tell."""
+    expect_state(state, SNESState, "snes_step", "snes_init(center, popsize)")
     with torch.no_grad():
         samples, noise = snes_ask(state, generator=generator)
         return snes_tell(state, noise, fitness_fn(samples))

@@ -9,6 +9,8 @@ import torch
 
 import nytorch_func as nf
 
+from ._state import expect_population
+
 __all__ = ["Soup", "greedy_soup"]
 
 
@@ -24,8 +26,10 @@ def greedy_soup(pop: nf.Particle, score_fn: Callable[[nf.Particle], Any], *,
                 scores: Any = None) -> Soup:
     """Average members in order of their own score, keeping each one that does not lower the soup's.
 
-    ``score_fn(particle) -> number`` is a held-out score, higher is better. ``scores`` (one per
-    member) saves scoring every member alone. Runs without autograd. Soups are ``nf.mean`` of the chosen members, so
+    ``pop`` is a population with one batch dimension and at least one member (anything else
+    is a typed error naming ``greedy_soup``). ``score_fn(particle) -> number`` is a held-out
+    score, higher is better. ``scores`` (one per member) saves scoring every member alone.
+    Runs without autograd. Soups are ``nf.mean`` of the chosen members, so
     non-operational parameters and buffer policies are honoured (e.g. BatchNorm statistics
     averaged with policy ``"mean"`` or reset with ``"reset"``).
 
@@ -39,12 +43,26 @@ def greedy_soup(pop: nf.Particle, score_fn: Callable[[nf.Particle], Any], *,
     >>> soup.indices.tolist(), abs(soup.score) < 1e-9
     ([0, 1], True)
     """
+    n = expect_population(pop, "greedy_soup")
+    if not callable(score_fn):
+        raise nf.ArgumentTypeError(f"greedy_soup: score_fn must be a callable (particle -> "
+                                   f"number), got {type(score_fn).__name__}")
+    if scores is not None:
+        try:
+            shape = tuple(torch.as_tensor(scores).shape)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise nf.ArgumentTypeError(f"greedy_soup: scores must be numbers, one per member "
+                                       f"(a list or tensor), got {type(scores).__name__}: "
+                                       f"{err}") from None
+        if shape != (n,):
+            raise nf.SchemaError(f"greedy_soup: scores must hold one number per member, shape "
+                                 f"({n},), got {shape}")
     with torch.no_grad():
-        return _greedy(pop, score_fn, scores)
+        return _greedy(pop, n, score_fn, scores)
 
 
-def _greedy(pop: nf.Particle, score_fn: Callable[[nf.Particle], Any], scores: Any) -> Soup:
-    n = len(pop)
+def _greedy(pop: nf.Particle, n: int, score_fn: Callable[[nf.Particle], Any],
+            scores: Any) -> Soup:
     if scores is None:
         scores = [float(score_fn(member)) for member in pop]
     _, order = nf.topk(pop, scores, k=n)

@@ -92,7 +92,7 @@ def _crossover(a: Particle, b: Particle, p: Any, generator: torch.Generator | No
         if per_tensor:
             u = u.reshape(*batch, *(1,) * len(spec.shape))
         out.append(torch.where(u < p, tb, ta))
-    return Particle._make(s, tuple(out), a._training)
+    return Particle._make(s, tuple(out), a._training, batch)
 
 
 def uniform_crossover(a: Particle, b: Particle, *, p: float = 0.5,
@@ -188,7 +188,7 @@ def gaussian_mutation(pop: Particle, sigma: float | None = None, *, rate: float 
     torch._foreach_mul_(noise, scales)
     for i, r in zip(idx, torch._foreach_add(xs, noise)):
         leaves[i] = r
-    return Particle._make(s, tuple(leaves), pop._training)
+    return Particle._make(s, tuple(leaves), pop._training, pop._batch)
 
 
 def pso_velocity(velocity: Particle, position: Particle, best: Particle, global_best: Particle,
@@ -249,4 +249,4 @@ def pso_velocity(velocity: Particle, position: Particle, best: Particle, global_
         torch._foreach_clamp_max_(new, float(max_speed))
     for i, r in zip(idx, new):
         out[i] = r
-    return Particle._make(s, tuple(out), velocity._training)
+    return Particle._make(s, tuple(out), velocity._training, velocity._batch)

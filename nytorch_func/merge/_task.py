@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nytorch_func import Particle
+from nytorch_func import Particle, SchemaError
 
 from . import _sparsify
 from ._assemble import assemble, refuse_complex
@@ -147,7 +147,10 @@ def dare(base: Particle, models: Any, weights: Any = None, *, density: Any,
     """
     what = "dare"
     call = read_call(what, base, models, with_base=True, min_models=1)
-    if not (isinstance(rescale, bool) or rescale in ("l1", "inverse")):
+    if isinstance(rescale, str) and rescale not in ("l1", "inverse"):
+        raise SchemaError(f"{what}: rescale must be True or 'l1' (mergekit's L1 rule), "
+                          f"'inverse' (1 / density) or False, got {rescale!r}")
+    if not isinstance(rescale, (bool, str)):
         raise ArgumentTypeError(f"{what}: rescale must be True or 'l1' (mergekit's L1 rule), "
                                 f"'inverse' (1 / density) or False, got {rescale!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

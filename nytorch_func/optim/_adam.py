@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ from .._errors import ArgumentTypeError, SchemaError
 from .._particle import Particle, expect_particle
 from .._touch import touch
 from . import _kernels as K
-from ._hyper import check, flag, frozen_setattr, nonzero, resolve
+from ._hyper import check, flag, nonzero, optimizer, resolve
 from ._leaves import computed, leaves, rebuild
 from ._state import AdamState, advance, counts, moments, operands
 
@@ -22,7 +21,7 @@ def _identity(xs: list) -> list:
     return xs
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@optimizer
 class Adam:
     """Adam (Kingma & Ba 2015), as ``torch.optim.Adam``; AdamW with ``decoupled_weight_decay``.
 
@@ -41,6 +40,10 @@ class Adam:
 
     ``differentiable=True`` records the update in autograd (for meta-learning: differentiate
     through the step); the default cuts it, as ``torch.optim`` does.
+
+    Optimizers are frozen values: assigning or deleting an attribute (``opt.lr = 1e-4``) raises
+    :class:`~nytorch_func.FrozenError`; make a new one with ``dataclasses.replace(opt, lr=1e-4)``
+    (the same holds for :class:`AdamW` and :class:`SGD`).
 
     >>> import torch, nytorch_func as nf
     >>> from nytorch_func import optim
@@ -166,10 +169,7 @@ class Adam:
         return rebuild(p, idx, back(p_new), fresh=fresh), state
 
 
-Adam.__setattr__ = frozen_setattr  # type: ignore[method-assign]  # the typed FrozenError
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
+@optimizer
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``: Adam with decoupled weight
     decay, ``weight_decay=1e-2`` by default.

@@ -10,6 +10,7 @@ and cast to each parameter's dtype when applied.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from .._errors import ArgumentTypeError, SchemaError, frozen
 
-__all__ = ["check", "resolve", "flag", "nonzero", "frozen_setattr"]
+__all__ = ["check", "resolve", "flag", "nonzero", "optimizer"]
 
 
 def check(owner: str, name: str, value: Any, *, low: float = 0.0, high: float | None = None,
@@ -79,6 +80,22 @@ def nonzero(value: Any) -> bool:
     return isinstance(value, torch.Tensor) or value != 0
 
 
-def frozen_setattr(self: object, name: str, value: object) -> None:
+def optimizer(cls: type) -> type:
+    """Make ``cls`` a frozen dataclass whose assignments and deletions raise the typed
+    :class:`~nytorch_func.FrozenError` (``dataclasses.dataclass(frozen=True)`` alone installs
+    its own ``__setattr__``/``__delattr__`` raising the bare ``FrozenInstanceError``, in every
+    class it decorates, subclasses included: so each optimizer class is decorated by this).
+    """
+    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+    cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
+    cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
+    return cls
+
+
+def _frozen_setattr(self: object, name: str, value: object) -> None:
     raise frozen(type(self).__name__, name, "optimizers are values: make a new one, e.g. "
                  "dataclasses.replace(opt, lr=1e-4)")
+
+
+def _frozen_delattr(self: object, name: str) -> None:
+    _frozen_setattr(self, name, None)

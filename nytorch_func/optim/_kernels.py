@@ -79,9 +79,18 @@ def axpy(xs: list, ys: list, a: Any) -> list:
     return list(torch._foreach_add(xs, ys, alpha=a))
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def mul(xs: list, c: Any) -> list:
     if transforms_active():
         return _loop(torch.mul, (xs, c))
+    if not is_tensor(c) and not isinstance(c, (list, tuple)) and any(x.dtype in _HALF for x in xs):
+        # torch.optim multiplies in place; out of place, foreach rounds a Python scalar to the
+        # tensors' half dtype first (bf16 0.997 * x differs from x.mul_(0.997) by an ulp)
+        out = [x.clone() for x in xs]
+        torch._foreach_mul_(out, c)
+        return out
     return list(torch._foreach_mul(xs, c))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ from .._errors import ArgumentTypeError, SchemaError
 from .._particle import Particle, expect_particle
 from .._touch import touch
 from . import _kernels as K
-from ._hyper import check, flag, frozen_setattr, nonzero, resolve
+from ._hyper import check, flag, nonzero, optimizer, resolve
 from ._leaves import computed, leaves, rebuild
 from ._state import SGDState, advance, counts, moments, operands
 
@@ -22,7 +21,7 @@ def _identity(xs: list) -> list:
     return xs
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@optimizer
 class SGD:
     """Stochastic gradient descent with momentum, dampening, Nesterov momentum, weight decay
     and ``maximize``, as ``torch.optim.SGD``.
@@ -121,6 +120,8 @@ class SGD:
         if buf is not None:
             mom = resolve(what, "momentum", self.momentum, batch, device)
             damp = resolve(what, "dampening", self.dampening, batch, device)
+            if isinstance(mom, torch.Tensor):  # a member with momentum 0 steps by its gradient,
+                damp = torch.where(mom == 0, 0.0, damp)  # as torch's SGD(momentum=0) ignores it
             old = leaves(buf, idx)
             old = K.real_views(old)[0] if back is not _identity else old
             first = [steps.get(pid, 0) == 0 for pid in pids]
@@ -136,5 +137,3 @@ class SGD:
         return (rebuild(p, idx, back(p_new), fresh=fresh),
                 SGDState(advance(steps, p, pids), new_buf))
 
-
-SGD.__setattr__ = frozen_setattr  # type: ignore[method-assign]  # the typed FrozenError

@@ -160,7 +160,7 @@ def deepen_targets(view: View) -> list[tuple[str, nn.Module]]:
 
 def probe_deepen(view: View, target: tuple[str, nn.Module]) -> bool:
     container, _, name = target[0].rpartition(".")
-    keys = list(view.schema.module_at(container)._modules)  # type: ignore[union-attr]
+    keys = list(view.schema._module_at(container)._modules)  # type: ignore[union-attr]
     return _identity_keeps_output(view, container, keys.index(name) + 1)
 
 

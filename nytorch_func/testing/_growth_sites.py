@@ -122,17 +122,17 @@ def _transparent(module: nn.Module | None, conv: bool) -> bool:
 def site_at(schema: nf.Schema, layer: str, consumers: Sequence[str], between: Sequence[str],
             container: str | None = None) -> WidenSite | None:
     """The site ``(layer, consumers, between)`` if its shapes fit in ``schema``, else None."""
-    m = schema.module_at(layer)
+    m = schema._module_at(layer)
     if not _growable(schema, layer, m) or not consumers or layer in consumers:
         return None
     n, even = _width(m), False
     for path in between:
-        kind = _norm_over(schema, path, schema.module_at(path), m, n)
+        kind = _norm_over(schema, path, schema._module_at(path), m, n)
         if kind is None:
             return None
         even = even or kind == "even"
     for path in consumers:
-        c = schema.module_at(path)
+        c = schema._module_at(path)
         if not _growable(schema, path, c):
             return None
         fan = _fan(c)
@@ -159,7 +159,7 @@ def widen_sites(schema: nf.Schema) -> list[WidenSite]:
     """Every widenable layer of every Sequential in ``schema`` with its one consumer, across
     nested Sequentials (``container``: the innermost Sequential that runs them all)."""
     found: dict[tuple, WidenSite] = {}
-    for cpath, seq in schema.skeleton.named_modules(remove_duplicate=False):
+    for cpath, seq in schema._skeleton.named_modules(remove_duplicate=False):
         if not sequential(seq):
             continue
         children = _run_order(cpath, seq)
@@ -200,7 +200,7 @@ def deepen_points(schema: nf.Schema) -> list[tuple[str, nn.Module]]:
     """``(after, the child at after)`` for every child of a Sequential that the last
     Linear/Conv at or before it feeds through modules keeping its width."""
     out = []
-    for cpath, seq in schema.skeleton.named_modules(remove_duplicate=False):
+    for cpath, seq in schema._skeleton.named_modules(remove_duplicate=False):
         if not sequential(seq):
             continue
         keys, children = list(seq._modules), list(seq._modules.values())
@@ -229,5 +229,5 @@ def allowed_activations(after: nn.Module) -> list[type]:
 def insert_points(schema: nf.Schema) -> list[tuple[str, int]]:
     """``(container, number of children)`` for every Sequential and ModuleList."""
     return [(path, len(m._modules))
-            for path, m in schema.skeleton.named_modules(remove_duplicate=False)
+            for path, m in schema._skeleton.named_modules(remove_duplicate=False)
             if isinstance(m, (nn.Sequential, nn.ModuleList))]

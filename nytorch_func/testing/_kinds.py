@@ -183,7 +183,7 @@ def _replace(view: View, path: str, module: nn.Module, code: str | None) -> Edit
     Sequential/ModuleList (``nf.insert_module`` at its position; a named child comes back
     numbered, as every inserted child is), under its name elsewhere (``nf.add_module``)."""
     parent, _, name = path.rpartition(".")
-    container = view.schema.module_at(parent)
+    container = view.schema._module_at(parent)
     if isinstance(container, (nn.Sequential, nn.ModuleList)):
         return Edit("replace_module", path, module,
                     (("index", list(container._modules).index(name)),), code=code)
@@ -193,7 +193,7 @@ def _replace(view: View, path: str, module: nn.Module, code: str | None) -> Edit
 def _draw_replace(draw: DrawFn, view: View, targets: Sequence[Any]) -> Edit:
     if view.new_modules is not None:
         module = draw(view.new_modules)
-        same = [m for m in targets if type(view.schema.module_at(m)) is type(module)]
+        same = [m for m in targets if type(view.schema._module_at(m)) is type(module)]
         if same:
             path = draw(st.sampled_from(same))
             edit = _replace(view, path, module, pretty(module) or code_value(module))

@@ -217,7 +217,7 @@ def _fingerprint(value: Any) -> Any:
 
 def _skeleton_state(schema: nf.Schema) -> dict[str, Any]:
     return {f"{name}.{k}" if name else k: _fingerprint(v)
-            for name, m in schema.skeleton.named_modules(remove_duplicate=False)
+            for name, m in schema._skeleton.named_modules(remove_duplicate=False)
             for k, v in vars(m).items()}
 
 

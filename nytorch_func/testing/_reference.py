@@ -79,7 +79,7 @@ class Reference:
         """The reference model of one particle (not a population: take ``pop[i]``)."""
         return cls([Group(set(spec.paths), spec.kind, p[spec.key].detach().clone(), spec.config,
                           spec.policy, spec.pid) for spec in p.schema.specs],
-                   _indexed(p.schema.skeleton, ""),
+                   _indexed(p.schema._skeleton, ""),
                    frozenset(s.pid for s in p.schema.specs if s.pid is not None))
 
     def copy(self) -> "Reference":

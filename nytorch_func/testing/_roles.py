@@ -64,12 +64,12 @@ def roles(edit: Edit, k: int, before: nf.Particle, after: nf.Particle, r_after: 
         _growth_roles(kind, k, before, after, r_after, pop_after)
     elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
         parent, _, name = path.rpartition(".")
-        container = before.schema.module_at(parent)
+        container = before.schema._module_at(parent)
         if kind == "del_module" and isinstance(
                 container, (torch.nn.Sequential, torch.nn.ModuleList)):  # del seq[i]: renumbered
             ids = {s.pid for s in before.schema.specs_under(path, kind="param")}
             left = [s.key for s in after.schema.params if s.pid in ids]
-            expect(not left and len(after.schema.module_at(parent)._modules) ==
+            expect(not left and len(after.schema._module_at(parent)._modules) ==
                    len(container._modules) - 1,
                    f"assert len(nf.to_module({p}).get_submodule({parent!r})) == "
                    f"len(nf.to_module(p{k}).get_submodule({parent!r})) - 1",
@@ -81,7 +81,7 @@ def roles(edit: Edit, k: int, before: nf.Particle, after: nf.Particle, r_after: 
                    f"if q.startswith({path!r})]", f"{left} still exist after {kind}({path!r})")
         if kind == "set_none":
             head, _, name = path.rpartition(".")
-            parent = after.schema.module_at(head)
+            parent = after.schema._module_at(head)
             expect(name in {**parent._parameters, **parent._modules} and
                     getattr(parent, name) is None,
                     f"assert nf.to_module({p}).get_submodule({head!r}).{name} is None",

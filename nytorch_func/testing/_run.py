@@ -233,7 +233,7 @@ def same_particle(a: nf.Particle, b: nf.Particle, what: str) -> None:
     assert len(sa.specs) == len(sb.specs), f"{what}: {len(sb.specs)} specs, saved {len(sa.specs)}"
     for path in sa.by_path:
         assert same(a[path], b[path]), f"{what}: {path!r} changed"
-    attrs_a, attrs_b = _plain_attributes(sa.skeleton), _plain_attributes(sb.skeleton)
+    attrs_a, attrs_b = _plain_attributes(sa._skeleton), _plain_attributes(sb._skeleton)
     for key, (kind, value) in attrs_a.items():
         got = attrs_b.get(key)
         assert got is not None and got[0] is kind and (got[1] == value or got[1] is value), \
@@ -243,5 +243,5 @@ def same_particle(a: nf.Particle, b: nf.Particle, what: str) -> None:
 def module_classes(particles: Any) -> list[type]:
     """The module classes of every live version of the particles' species."""
     found = {type(m) for p in particles for s in p.species.live_versions()
-             for m in s.skeleton.modules()}
+             for m in s._skeleton.modules()}
     return sorted(found, key=lambda c: (c.__module__, c.__qualname__))

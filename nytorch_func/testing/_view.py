@@ -28,7 +28,7 @@ def signature(schema: nf.Schema) -> tuple:
     specs = tuple((s.paths, s.kind, s.shape, s.dtype, s.device) for s in schema.specs)
     mods = tuple((name, type(m), tuple(k for k, v in m._parameters.items() if v is None),
                   tuple(k for k, v in m._modules.items() if v is None))
-                 for name, m in schema.skeleton.named_modules(remove_duplicate=False))
+                 for name, m in schema._skeleton.named_modules(remove_duplicate=False))
     return specs, mods
 
 
@@ -161,7 +161,7 @@ class View:
 
     @property
     def modules(self) -> list[tuple[str, nn.Module]]:
-        return sorted(self.schema.skeleton.named_modules(remove_duplicate=False),
+        return sorted(self.schema._skeleton.named_modules(remove_duplicate=False),
                       key=lambda item: item[0])
 
     @property

@@ -233,7 +233,7 @@ def events(rank: int, world: int) -> None:
         p = nf.add_module(p, "4", Scale(3))
         p = nf.add_module(p, "5", nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)))
     p = rep.sync(p)
-    check(p.version == 9 and type(p.schema.module_at("4")) is Scale, f"version {p.version}")
+    check(p.version == 9 and p.schema.module_at("4").__class__ is Scale, f"version {p.version}")
     out = nf.apply(p.eval(), x)
     check(out.shape == (5, 3) and not torch.equal(out, before[:, :3]), "forward uses the modules")
     touched = [nf.touch(o) for o in others]
