@@ -224,8 +224,11 @@ def test_initiator_and_recipient_semantics(kind, data):
         assert q[path] is value and r2[path] is value, "a buffer is added by reference"
     elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
         head_path, _, last = path.rpartition(".")
-        renumbered = kind == "del_module" and last.isdigit() and isinstance(
-            p.schema.module_at(head_path), (nn.Sequential, nn.ModuleList))
+        parent = p.schema.module_at(head_path)
+        later = list(parent._modules)[list(parent._modules).index(last) + 1:] \
+            if kind == "del_module" and last in getattr(parent, "_modules", {}) else []
+        renumbered = kind == "del_module" and isinstance(parent, (nn.Sequential, nn.ModuleList)) \
+            and any(k.isdigit() for k in [last, *later])  # numbered children keyed by place
         for x in (q, r2, pop2):
             if renumbered:  # del seq[i]: the next child moves into the deleted one's place
                 continue

@@ -146,3 +146,34 @@ def test_deepening_after_a_flatten_is_refused(net, x, after):
     p = nf.from_module(net(torch.nn))
     nf.apply(p, torch.randn(x))  # the model runs
     _refused_and_unchanged(p, lambda q: nf.deepen(q, after), "deepen: .*Flatten")
+
+
+# found by the law suite drawing growth on the 3-layer MLP (ci profile) -----------------------
+
+@pytest.mark.parametrize("index, n", [(0, 1), (0, 2), (1, 1)])
+def test_inserting_before_children_with_shared_values_keeps_them(index, n):
+    """Was: _containers.InsertModules.apply renamed the shared values of the moved children one
+    by one in place, so '0'->'1' overwrote '1' before it moved and the species lost a shared
+    tensor (fixed on main in 2e5a7f0: moved all at once)."""
+    nn = torch.nn
+    p = nf.from_module(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Tanh(),
+                                     nn.Linear(3, 1)))
+    p = nf.configure(p, "", operational=False, clone=False)  # every parameter shared
+    before = {s.pid: p[s.key] for s in p.schema.params}
+    q = nf.insert_module(p, "", index, [nn.Identity() for _ in range(n)])
+    for spec in q.schema.params:  # every id still holds its own tensor, at its moved key
+        assert q[spec.key] is before[spec.pid], spec.key
+        assert tuple(q[spec.key].shape) == tuple(spec.shape), spec.key
+    x = torch.randn(4, 2)
+    assert torch.equal(nf.apply(q, x), nf.apply(p, x))
+
+
+def test_deepening_before_children_with_shared_values_keeps_them():
+    """The same through nf.deepen (found by tests/test_io_lossless.py under the ci profile:
+    nf.load then refused the checkpoint, its shared tensors not matching the shared specs)."""
+    nn = torch.nn
+    p = nf.from_module(nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1)))
+    p = nf.configure(p, "", operational=False, clone=False)
+    before = {s.pid: p[s.key] for s in p.schema.params}
+    q = nf.deepen(p, "0")
+    assert all(q[s.key] is before[s.pid] for s in q.schema.params if s.pid in before)

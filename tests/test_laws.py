@@ -290,3 +290,51 @@ def test_a_random_species_machine_runs():
     # checkpoints=False: three open checkpoint bugs (properties/test_regressions.py)
     run_state_machine_as_test(nft.stateful_machine(checkpoints=False), settings=settings(
         max_examples=5, stateful_step_count=6, deadline=None))
+
+
+def _drawn_kinds(monkeypatch):
+    """Record the kind of every edit applied from now on."""
+    import collections
+
+    seen: collections.Counter = collections.Counter()
+    real = nft.Edit.apply
+
+    def apply(self, p):
+        seen[self.kind] += 1
+        return real(self, p)
+
+    monkeypatch.setattr(nft.Edit, "apply", apply)
+    return seen
+
+
+FIXED = settings(database=None, derandomize=True, deadline=None)
+
+
+@pytest.mark.parametrize("runner", ["check_migration_laws", "MigrationLaws", "stateful_machine"])
+def test_growth_is_drawn_by_default_on_a_three_layer_mlp(monkeypatch, runner):
+    """With the defaults (FORWARD_KINDS) every runner grows the MLP: widen, deepen and
+    insert_module are all drawn and applied, and their laws hold."""
+    seen = _drawn_kinds(monkeypatch)
+    if runner == "check_migration_laws":
+        nft.check_migration_laws(MLP, X, settings=settings(FIXED, max_examples=20))
+    elif runner == "MigrationLaws":
+        from nytorch_func.testing import _suite
+
+        real = _suite._settings  # the class form takes the profile's settings: fix the seed
+        monkeypatch.setattr(_suite, "_settings", lambda base, n: real(base or FIXED, n))
+
+        class TestMLP(nft.MigrationLaws):
+            make_model = MLP
+            example_input = X
+            max_examples = 20
+            skip = ("stateful_machine",)
+
+        result = unittest.TestResult()
+        unittest.defaultTestLoader.loadTestsFromTestCase(TestMLP).run(result)
+        assert result.wasSuccessful(), result.failures + result.errors
+    else:
+        from hypothesis.stateful import run_state_machine_as_test
+
+        run_state_machine_as_test(nft.stateful_machine(MLP, X), settings=settings(
+            FIXED, max_examples=20, stateful_step_count=15))
+    assert set(nft.GROWTH_KINDS) <= set(seen), str(dict(seen))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, find, given, settings, strategies as st
+from hypothesis.errors import NoSuchExample
 from torch import nn
 
 import nytorch_func as nf
@@ -176,3 +177,96 @@ def test_wrong_arguments_are_typed_errors():
         nft.assert_same_values(p, p + 1)
     with pytest.raises(nf.ArgumentTypeError):
         nft.random_particle("not a model")
+
+
+# nft.Reference and the growth sites on named children -----------------------------------------
+
+def _named():
+    """An OrderedDict Sequential with numbered children after the named ones (torch's append)."""
+    from collections import OrderedDict
+
+    seq = nn.Sequential(OrderedDict(fc1=nn.Linear(3, 4), act=nn.ReLU(), fc2=nn.Linear(4, 4)))
+    seq.append(nn.Tanh())  # "3"
+    seq.append(nn.Linear(4, 2))  # "4"
+    return seq
+
+
+@pytest.mark.parametrize("edit", [
+    nft.Edit("del_module", "act"),  # a named child: the numbered ones after it move down
+    nft.Edit("del_module", "3"),
+    nft.Edit("insert_module", "", nn.Identity(), (("index", 0),)),  # all numbered ones move up
+    nft.Edit("insert_module", "", [nn.Identity(), nn.Identity()], (("index", 2),)),
+    nft.Edit("replace_module", "fc2", nn.Linear(4, 4), (("index", 2),)),
+    nft.Edit("deepen", "act"),  # after a named child: inserted at its place + 1
+    nft.Edit("deepen", "3", kwargs=(("activation", nn.Hardtanh),)),
+    nft.Edit("widen", "fc2", kwargs=(("consumers", ("4",)), ("by", 2), ("seed", 0))),
+], ids=repr)
+def test_the_reference_keys_children_as_the_core_does(edit):
+    """Named children keep their names, numbered (and inserted) ones are keyed by their place,
+    and the paths under a moved child follow it, in the Reference as in the species."""
+    p = nft.random_particle(nf.from_module(_named()), seed=1)
+    r = nft.random_particle(p, seed=2)
+    ref_p, ref_r = nft.Reference.of(p), nft.Reference.of(r)
+    q = edit.apply(p)
+    schemas = (p.schema, q.schema)
+    ref_p.event(edit, schemas=schemas).check(q)
+    ref_r.event(edit, initiator=ref_p, schemas=schemas).check(r)
+    assert ref_p.event(edit, schemas=schemas).indexed[""] == \
+        list(q.schema.skeleton._modules)
+
+
+def test_the_reference_notices_a_child_keyed_against_the_rule():
+    p = nf.from_module(_named())
+    q = nf.del_module(p, "act")
+    wrong = nft.Reference.of(p).event(nft.Edit("del_module", "fc1"))  # not what happened
+    with pytest.raises(AssertionError, match="paths differ"):
+        wrong.check(q)
+
+
+def test_growth_sites_use_the_keys_the_model_has():
+    from nytorch_func.testing._view import View
+
+    view = View(nf.from_module(_named()))
+    assert [(s.layer, s.consumers) for s in nft.KINDS["widen"].targets(view)] == \
+        [("fc1", ("fc2",)), ("fc2", ("4",))]
+    assert [a for a, _ in nft.KINDS["deepen"].targets(view)] == ["fc1", "act", "fc2", "3", "4"]
+
+
+def test_widen_sites_reach_across_nested_sequentials():
+    from nytorch_func.testing._view import View
+
+    p = nf.from_module(nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)),
+                                     nn.Sequential(nn.ReLU(), nn.Sequential()),
+                                     nn.Sequential(nn.Linear(3, 1))))
+    sites = nft.KINDS["widen"].targets(View(p))
+    assert [(s.layer, s.consumers, s.between, s.container) for s in sites] == \
+        [("0.0", ("2.0",), ("0.1",), "")]
+    x = torch.randn(5, 2)
+    edit = find(nft.events(p, kinds=("widen",), example_input=x), lambda e: True,
+                settings=FIRST)
+    q = edit.apply(p)
+    assert q["0.0.weight"].shape[0] > 3 and torch.allclose(nf.apply(q, x), nf.apply(p, x))
+
+
+def test_a_widen_site_inside_an_inner_sequential_is_probed_there():
+    """Layer and consumer both in an inner Sequential the forward calls on its own: the site's
+    container is the inner one, so the probe accepts it."""
+    from nytorch_func.testing._view import View
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3)),
+                                      nn.Linear(3, 1))
+
+        def forward(self, x):
+            return self.body[1](torch.tanh(self.body[0](x)))
+
+    sites = nft.KINDS["widen"].targets(View(nf.from_module(Net())))
+    assert {(s.layer, s.container) for s in sites} == {("body.0.0", "body.0"),
+                                                       ("body.0.2", "body")}
+    drawn = nft.events(nf.from_module(Net()), kinds=("widen",), example_input=torch.randn(4, 2))
+    assert find(drawn, lambda e: True, settings=FIRST).path == "body.0.0"
+    with pytest.raises(NoSuchExample):  # body.0.2 feeds body.1 through the user's tanh
+        find(drawn, lambda e: e.path == "body.0.2",
+             settings=settings(FIRST, max_examples=50))

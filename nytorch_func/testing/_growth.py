@@ -160,7 +160,8 @@ def deepen_targets(view: View) -> list[tuple[str, nn.Module]]:
 
 def probe_deepen(view: View, target: tuple[str, nn.Module]) -> bool:
     container, _, name = target[0].rpartition(".")
-    return _identity_keeps_output(view, container, int(name) + 1)
+    keys = list(view.schema._module_at(container)._modules)  # type: ignore[union-attr]
+    return _identity_keeps_output(view, container, keys.index(name) + 1)
 
 
 def draw_deepen(draw: Any, view: View, targets: Sequence[tuple[str, nn.Module]]) -> Edit:

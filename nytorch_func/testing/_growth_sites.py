@@ -1,8 +1,9 @@
 """Where growth applies in one version, read from its module skeleton alone.
 
 A ``Sequential`` with torch's own ``forward`` runs its children in order, each reading only the
-previous one's output: that order is all the growth kinds rely on. A Linear/Conv child is
-*widenable* when a later child of the same Sequential reads its output with only elementwise
+previous one's output (a child Sequential of the same kind runs its own children in turn): that
+order is all the growth kinds rely on. A Linear/Conv child is *widenable* when a later module
+run by the same Sequential (perhaps inside a nested one) reads its output with only elementwise
 modules (activations, dropout, identity), normalisations over its units (passed as ``between``)
 and, after a Conv, per-channel pooling and one flatten in between. A child is a *deepen point*
 when the last Linear/Conv at or before it feeds it through modules that keep the width. Every
@@ -144,28 +145,37 @@ def site_at(schema: nf.Schema, layer: str, consumers: Sequence[str], between: Se
     return WidenSite(layer, tuple(consumers), tuple(between), n, even, container)
 
 
+def _run_order(prefix: str, seq: nn.Sequential) -> list[tuple[str, nn.Module | None]]:
+    """``(path, module)`` of what ``seq`` runs, in order: a child that is itself a Sequential
+    with torch's forward is opened up (its output is the input of the next sibling)."""
+    out: list[tuple[str, nn.Module | None]] = []
+    for name, child in seq._modules.items():
+        path = _join(prefix, name)
+        out += _run_order(path, child) if sequential(child) else [(path, child)]
+    return out
+
+
 def widen_sites(schema: nf.Schema) -> list[WidenSite]:
-    """Every widenable layer of every Sequential in ``schema`` with its one consumer."""
-    out = []
+    """Every widenable layer of every Sequential in ``schema`` with its one consumer, across
+    nested Sequentials (``container``: the innermost Sequential that runs them all)."""
+    found: dict[tuple, WidenSite] = {}
     for cpath, seq in schema._skeleton.named_modules(remove_duplicate=False):
         if not sequential(seq):
             continue
-        children = list(seq._modules.items())
-        for i, (name, m) in enumerate(children):
-            path = _join(cpath, name)
+        children = _run_order(cpath, seq)
+        for i, (path, m) in enumerate(children):
             if not _growable(schema, path, m):
                 continue
             conv, flat, between = isinstance(m, _CONV), False, []
-            for cname, c in children[i + 1:]:
-                cp = _join(cpath, cname)
+            for cp, c in children[i + 1:]:
                 if type(c) in GROWABLE:
                     if conv:  # a Conv of its kind, or a Linear after the flatten
                         fits = type(c) is type(m) and not flat or type(c) is nn.Linear and flat
                     else:
                         fits = type(c) is nn.Linear
                     site = site_at(schema, path, (cp,), tuple(between), cpath) if fits else None
-                    if site is not None:
-                        out.append(site)
+                    if site is not None:  # named_modules goes outside in: the last is innermost
+                        found[(site.layer, site.consumers, site.between)] = site
                     break
                 if not flat and c is not None and _norm_over(schema, cp, c, m, _width(m)):
                     between.append(cp)
@@ -174,7 +184,7 @@ def widen_sites(schema: nf.Schema) -> list[WidenSite]:
                     flat = True
                 elif not _transparent(c, conv and not flat):
                     break
-    return out
+    return list(found.values())
 
 
 def _keeps_width(module: nn.Module | None, conv: bool) -> bool:
@@ -193,16 +203,16 @@ def deepen_points(schema: nf.Schema) -> list[tuple[str, nn.Module]]:
     for cpath, seq in schema._skeleton.named_modules(remove_duplicate=False):
         if not sequential(seq):
             continue
-        children = list(seq._modules.values())
-        for at, child in enumerate(children):
+        keys, children = list(seq._modules), list(seq._modules.values())
+        for at, child in enumerate(children):  # keys: numbered or named, as the model has them
             src = next((k for k in range(at, -1, -1) if type(children[k]) in GROWABLE
                         or not _keeps_width(children[k], conv=True)), None)
             if src is None or type(children[src]) not in GROWABLE:
                 continue
             conv = isinstance(children[src], _CONV)
-            if _join(_join(cpath, str(src)), "weight") in schema.by_path and all(
+            if _join(_join(cpath, keys[src]), "weight") in schema.by_path and all(
                     _keeps_width(children[k], conv) for k in range(src + 1, at + 1)):
-                out.append((_join(cpath, str(at)), child))
+                out.append((_join(cpath, keys[at]), child))
     return out
 
 

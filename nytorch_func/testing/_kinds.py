@@ -180,12 +180,14 @@ def _replace_targets(view: View) -> list[str]:
 
 def _replace(view: View, path: str, module: nn.Module, code: str | None) -> Edit:
     """Delete the block at ``path`` and put ``module`` in: back in its place in a
-    Sequential/ModuleList (``nf.insert_module``), under its name elsewhere (``nf.add_module``)."""
+    Sequential/ModuleList (``nf.insert_module`` at its position; a named child comes back
+    numbered, as every inserted child is), under its name elsewhere (``nf.add_module``)."""
     parent, _, name = path.rpartition(".")
-    indexed = name.isdigit() and isinstance(view.schema._module_at(parent),
-                                            (nn.Sequential, nn.ModuleList))
-    return Edit("replace_module", path, module, (("index", int(name)),) if indexed else (),
-                code=code)
+    container = view.schema._module_at(parent)
+    if isinstance(container, (nn.Sequential, nn.ModuleList)):
+        return Edit("replace_module", path, module,
+                    (("index", list(container._modules).index(name)),), code=code)
+    return Edit("replace_module", path, module, code=code)
 
 
 def _draw_replace(draw: DrawFn, view: View, targets: Sequence[Any]) -> Edit:

@@ -18,7 +18,7 @@ from torch import nn
 import nytorch_func as nf
 
 from ._edit import Edit
-from ._reference_growth import apply_resize, events_of, inserted_groups, module_paths, one_event
+from ._reference_growth import apply_resize, events_of, inserted_groups, one_event
 
 __all__ = ["Reference", "Group", "OPS", "UNARY"]
 
@@ -70,7 +70,8 @@ class Reference:
     """
 
     groups: list[Group]
-    indexed: set[str] = dataclasses.field(default_factory=set)  # Sequential/ModuleList paths
+    #: every Sequential/ModuleList: its path -> the keys of its children, in order
+    indexed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     old_ids: frozenset[int] = frozenset()  # every parameter id the model started with
 
     @classmethod
@@ -83,14 +84,29 @@ class Reference:
 
     def copy(self) -> "Reference":
         return Reference([dataclasses.replace(g, paths=set(g.paths)) for g in self.groups],
-                         set(self.indexed), self.old_ids)
+                         {k: list(v) for k, v in self.indexed.items()}, self.old_ids)
 
-    def _renumber(self, container: str, start: int, by: int) -> None:
-        """Children of ``container`` numbered ``start`` or more move by ``by`` places."""
-        shift = lambda q: _shifted(q, container, start, by)  # noqa: E731
-        for g in self.groups:
-            g.paths = {shift(q) for q in g.paths}
-        self.indexed = {shift(q) for q in self.indexed}
+    def _rekey(self, container: str, keys: list[str | None]) -> list[str]:
+        """Give ``container``'s children (in their new order; ``None``: an inserted one) their
+        keys by the rule of ``nf.insert_module``/``nf.del_module``: a numbered child is keyed by
+        its place, as torch's ``insert`` and ``del seq[i]`` renumber; a named one keeps its name.
+        Every path under a child whose key changes follows it; returns the new keys."""
+        new = [str(i) if k is None or k.isdigit() else k for i, k in enumerate(keys)]
+        moves = {k: n for k, n in zip(keys, new) if k is not None and k != n}
+        if moves:
+            move = lambda q: _moved(q, container, moves)  # noqa: E731
+            for g in self.groups:
+                g.paths = {move(q) for q in g.paths}
+            self.indexed = {move(q): v for q, v in self.indexed.items()}
+        self.indexed[container] = new
+        return new
+
+    def _insert(self, container: str, index: int, n: int) -> list[str]:
+        """Make room for ``n`` children at ``container[index]``; returns their paths."""
+        keys: list[str | None] = list(self.indexed[container])
+        keys[index:index] = [None] * n
+        new = self._rekey(container, keys)
+        return [f"{container}.{k}" if container else k for k in new[index:index + n]]
 
     def by_path(self) -> dict[str, Group]:
         return {path: g for g in self.groups for path in g.paths}
@@ -123,32 +139,38 @@ class Reference:
             new.groups.append(Group({path}, "buffer", edit.value.detach().clone()))
         elif kind == "add_module":
             new.groups += _module_groups(path, edit.value)
-            new.indexed |= _indexed(edit.value, path)
+            new.indexed.update(_indexed(edit.value, path))
+            parent, _, name = path.rpartition(".")
+            if parent in new.indexed:  # a child added by name comes last
+                new.indexed[parent] = new.indexed[parent] + [name]
         elif kind == "insert_module":  # into the Sequential/ModuleList ``path`` at ``index``
-            index = opts["index"]
             modules = list(edit.value) if isinstance(edit.value, (list, tuple)) else [edit.value]
-            new._renumber(path, index, len(modules))
-            for k, module in enumerate(modules):
-                child = f"{path}.{index + k}" if path else str(index + k)
+            for child, module in zip(new._insert(path, opts["index"], len(modules)), modules):
                 new.groups += _module_groups(child, module)
-                new.indexed |= _indexed(module, child)
+                new.indexed.update(_indexed(module, child))
         elif kind == "widen":  # the recorded map, applied to this model's own values
             apply_resize(new.groups, one_event(events, "resize", repr(edit)))
         elif kind == "deepen":  # the identity layer (and activation) after ``path``
             event = one_event(events, "insert_module", repr(edit))
-            new._renumber(event.container, event.index, len(event.skeletons))
-            new.groups += inserted_groups(event, Group, check=True)
-            for where, module in module_paths(event):
-                new.indexed |= _indexed(module, where)
+            parent, _, name = path.rpartition(".")
+            keys = new.indexed.get(parent, [])
+            if event.container != parent or name not in keys or \
+                    event.index != keys.index(name) + 1:
+                raise AssertionError(f"{edit!r} recorded an insertion at "
+                                     f"{event.container!r}[{event.index}], not after {path!r}")
+            where = new._insert(event.container, event.index, len(event.skeletons))
+            new.groups += inserted_groups(event, where, Group, check=True)
+            for child, module in zip(where, event.skeletons):
+                new.indexed.update(_indexed(module, child))
         elif kind in ("del_param", "del_buffer", "set_none", "del_module"):
             gone = _gone(path)
             for g in new.groups:
                 g.paths = {q for q in g.paths if not gone(q)}
             new.groups = [g for g in new.groups if g.paths]
-            new.indexed = {q for q in new.indexed if not gone(q)}
+            new.indexed = {q: v for q, v in new.indexed.items() if not gone(q)}
             parent, _, name = path.rpartition(".")
-            if kind == "del_module" and parent in self.indexed and name.isdigit():
-                new._renumber(parent, int(name) + 1, -1)  # del seq[i]: later children move down
+            if kind == "del_module" and parent in new.indexed:  # del seq[i]: renumbered
+                new._rekey(parent, [k for k in new.indexed[parent] if k != name])
         elif kind == "configure":
             source = initiator.by_path()
             changes = {k: opts[k] for k in ("operational", "clone") if k in opts}
@@ -244,22 +266,21 @@ def _check_value(path: str, value: torch.Tensor, want: torch.Tensor, batch: Any,
         raise AssertionError(f"{path!r} holds {value}, expected {want}")
 
 
-def _indexed(module: nn.Module, prefix: str) -> set[str]:
-    """Paths of the Sequential/ModuleList modules in ``module`` (rooted at ``prefix``)."""
-    return {(f"{prefix}.{sub}" if prefix else sub) if sub else prefix
+def _indexed(module: nn.Module, prefix: str) -> dict[str, list[str]]:
+    """``{path: child keys}`` of the Sequential/ModuleList modules in ``module`` (rooted at
+    ``prefix``)."""
+    return {(f"{prefix}.{sub}" if prefix else sub) if sub else prefix: list(m._modules)
             for sub, m in module.named_modules(remove_duplicate=False)
             if isinstance(m, (nn.Sequential, nn.ModuleList))}
 
 
-def _shifted(path: str, container: str, start: int, by: int) -> str:
-    """``path`` with its child index under ``container`` moved by ``by`` if it is >= start."""
+def _moved(path: str, container: str, moves: dict[str, str]) -> str:
+    """``path`` with its child key under ``container`` replaced as ``moves`` says."""
     head = f"{container}." if container else ""
-    if not path.startswith(head):
+    if not path.startswith(head) or path == container:
         return path
     first, dot, rest = path[len(head):].partition(".")
-    if first.isdigit() and int(first) >= start:
-        return f"{head}{int(first) + by}{dot}{rest}"
-    return path
+    return f"{head}{moves[first]}{dot}{rest}" if first in moves else path
 
 
 def _computable(dtype: torch.dtype) -> bool:

@@ -109,13 +109,12 @@ def check_identity_layer(where: str, specs: tuple, values: tuple) -> None:
         raise AssertionError(f"deepen inserted {where!r} with a nonzero bias: {bias}")
 
 
-def inserted_groups(event: Any, group: Any, check: bool) -> list:
-    """Groups for the tensors of the modules ``event`` (an InsertModules) put in, each with a
-    clone of its snapshot; ``check``: they must be deepen's identity layer (and activation)."""
+def inserted_groups(event: Any, paths: list[str], group: Any, check: bool) -> list:
+    """Groups for the tensors of the modules ``event`` (an InsertModules) put in at ``paths``
+    (where the reference keys them), each with a clone of its snapshot; ``check``: they must be
+    deepen's identity layer (and activation)."""
     out = []
-    for k, (specs, values) in enumerate(zip(event.specs, event.values)):
-        i = event.index + k
-        where = f"{event.container}.{i}" if event.container else str(i)
+    for k, (where, specs, values) in enumerate(zip(paths, event.specs, event.values)):
         if check and k == 0:
             check_identity_layer(where, specs, values)
         for spec, value in zip(specs, values):
@@ -125,6 +124,7 @@ def inserted_groups(event: Any, group: Any, check: bool) -> list:
 
 
 def module_paths(event: Any) -> list[tuple[str, Any]]:
-    """``(path, skeleton module)`` of every module ``event`` inserted."""
+    """``(path, skeleton module)`` of every module ``event`` inserted (an inserted child is
+    keyed by its place, beside named children too)."""
     return [(f"{event.container}.{event.index + k}" if event.container
              else str(event.index + k), m) for k, m in enumerate(event.skeletons)]

@@ -65,7 +65,7 @@ def roles(edit: Edit, k: int, before: nf.Particle, after: nf.Particle, r_after: 
     elif kind in ("del_param", "del_buffer", "del_module", "set_none"):
         parent, _, name = path.rpartition(".")
         container = before.schema._module_at(parent)
-        if kind == "del_module" and name.isdigit() and isinstance(
+        if kind == "del_module" and isinstance(
                 container, (torch.nn.Sequential, torch.nn.ModuleList)):  # del seq[i]: renumbered
             ids = {s.pid for s in before.schema.specs_under(path, kind="param")}
             left = [s.key for s in after.schema.params if s.pid in ids]

@@ -20,8 +20,8 @@ from ._edit import Edit
 from ._particles import random_particle, random_population
 from ._view import Forward
 
-__all__ = ["shows", "Run", "leaf_state", "same", "unchanged", "close", "expect", "outputs",
-           "same_particle", "module_classes"]
+__all__ = ["shows", "Run", "leaf_state", "same", "unchanged", "close", "kept", "twin_output",
+           "expect", "outputs", "same_particle", "module_classes"]
 
 
 @contextlib.contextmanager
@@ -119,6 +119,82 @@ def close(a: Any, b: Any, what: str) -> None:
         torch.testing.assert_close(x, y, rtol=rtol, atol=atol, equal_nan=True,
                                    msg=lambda m: f"{what}: {m}")
     optree.tree_map(one, a, b, none_is_leaf=True)
+
+
+_REL = {torch.float64: 1e-12, torch.complex128: 1e-12, torch.float32: 1e-5,
+        torch.complex64: 1e-5}
+# the other precision a float32 (float64) output is recomputed in to see how much the model
+# magnifies rounding, and the ratio of the two precisions' rounding errors
+_TWIN = {torch.float32: (torch.float64, 1.0), torch.complex64: (torch.float64, 1.0),
+         torch.float64: (torch.float32, torch.finfo(torch.float64).eps
+                         / torch.finfo(torch.float32).eps),
+         torch.complex128: (torch.float32, torch.finfo(torch.float64).eps
+                            / torch.finfo(torch.float32).eps)}
+
+
+def kept(after: Any, before: Any, what: str,
+         twin: Callable[[torch.dtype], Any] | None = None) -> None:
+    """Assert two outputs (trees of tensors) are equal up to rounding: max |after - before|
+    within 1e-12 (float64), 1e-5 (float32) or 1e-1 (16 bits) of ``before``'s scale (its largest
+    finite magnitude).
+
+    A model can magnify rounding past any fixed tolerance (a norm over two nearly equal
+    features, a BatchNorm in training mode over nearly constant ones, each divides by about
+    sqrt(eps)). ``twin(dtype)`` recomputes ``before``'s output in another precision (float64
+    for float32, float32 for float64); where the fixed tolerance fails, the change may be ten
+    times the model's own rounding error, estimated from the difference between the two
+    precisions (scaled by the ratio of their epsilons for float64), but no larger.
+    """
+    twins: dict[torch.dtype, list] = {}
+
+    def noise(i: int, dtype: torch.dtype) -> float:
+        other, ratio = _TWIN.get(dtype, (None, 0.0))
+        if twin is None or other is None:
+            return 0.0
+        if other not in twins:
+            twins[other] = optree.tree_leaves(twin(other), none_is_leaf=True)
+        t, b = twins[other][i], flat_before[i]
+        if not isinstance(t, torch.Tensor) or t.shape != b.shape:
+            return 0.0
+        wide = torch.complex128 if b.is_complex() or t.is_complex() else torch.float64
+        d = (b.detach().to(wide) - t.detach().to(wide)).abs()
+        d = d[d.isfinite()]
+        return float(d.max()) * ratio if d.numel() else 0.0
+
+    flat_after = optree.tree_leaves(after, none_is_leaf=True)
+    flat_before = optree.tree_leaves(before, none_is_leaf=True)
+    assert len(flat_after) == len(flat_before), f"{what}: the output's structure changed"
+    for i, (a, b) in enumerate(zip(flat_after, flat_before)):
+        if not isinstance(a, torch.Tensor):
+            assert a == b, f"{what}: the output changed"
+            continue
+        assert a.shape == b.shape and a.dtype == b.dtype, \
+            f"{what}: {tuple(a.shape)} {a.dtype}, before {tuple(b.shape)} {b.dtype}"
+        if not (a.is_floating_point() or a.is_complex()):
+            assert torch.equal(a, b), f"{what}: the output changed"
+            continue
+        wide = torch.complex128 if a.is_complex() else torch.float64
+        x, y = a.detach().to(wide), b.detach().to(wide)
+        finite = y.isfinite()
+        assert torch.equal(finite, x.isfinite()), f"{what}: other entries are inf/nan"
+        if not bool(finite.any()):
+            continue
+        scale = float(y[finite].abs().max())
+        err = float((x[finite] - y[finite]).abs().max())
+        allowed = _REL.get(a.dtype, 1e-1) * scale
+        if err > allowed:
+            allowed = max(allowed, 10 * noise(i, a.dtype))
+        assert err <= allowed or err == 0.0, \
+            f"{what}: max |change| {err:.3g} > {allowed:.3g} (output scale {scale:.3g})"
+
+
+def twin_output(run: "Run", p: nf.Particle, dtype: torch.dtype) -> Any:
+    """``p``'s output computed in ``dtype`` by a plain torch copy (the input cast likewise)."""
+    module = nf.to_module(p).to(dtype)
+    args = run.forward.cast(dtype)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        return module(*args)
 
 
 def expect(ok: bool, code: str, message: str) -> None:

@@ -67,6 +67,10 @@ class Forward:
                 weight[s.dtype] = weight.get(s.dtype, 0) + max(1, math.prod(s.shape))
         return sorted(weight, key=weight.__getitem__, reverse=True) or [None]
 
+    def cast(self, dtype: torch.dtype | None) -> tuple:
+        """The example input with floating-point tensors cast to ``dtype`` (None: as given)."""
+        return self._cast(dtype)
+
     def _cast(self, dtype: torch.dtype | None) -> tuple:
         if dtype is None:
             return self.args
