@@ -150,7 +150,8 @@ class Schema:
               leaf_keys: tuple[str, ...], leaf_index: Mapping[str, int],
               op_index: tuple[int, ...]) -> None:
         put = object.__setattr__
-        skeleton = live(skeleton)
+        if type(skeleton) is ModuleView:  # (a caller that read schema.skeleton)
+            skeleton = live(skeleton)
         put(self, "species", species)
         put(self, "version", version)
         put(self, "_skeleton", skeleton)
@@ -469,8 +470,10 @@ def make_skeleton(module: nn.Module) -> nn.Module:
 
 def shallow_module(m: nn.Module) -> nn.Module:
     """A copy of ``m`` that owns its own parameter/buffer/child dicts (children are shared)."""
-    m = live(m)
     cls = type(m)
+    if cls is ModuleView:  # (a caller that read schema.skeleton)
+        m = live(m)
+        cls = type(m)
     if (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
             and cls.__setstate__ is nn.Module.__setstate__ and not hasattr(cls, "__copy__")):
         new = object.__new__(cls)  # what copy.copy does for a plain module, without its detours
@@ -511,7 +514,7 @@ def copy_paths(root: nn.Module, module_paths: Iterable[str]
             walked = f"{walked}.{name}" if walked else name
             done = copied.get(walked)
             if done is None:
-                child = live(node._modules.get(name))
+                child = node._modules.get(name)
                 if child is None:
                     raise SchemaError(f"no submodule {name!r} on the way to {path!r}")
                 done = copied[walked] = node._modules[name] = shallow_module(child)
