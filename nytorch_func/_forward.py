@@ -64,7 +64,8 @@ def run(schema: "Schema", training: bool | None, tensors: dict[str, torch.Tensor
         if t._version != version:
             raise SchemaError(
                 f"{what}: the forward pass of {type(skeleton).__name__} wrote into the parameter "
-                f"{path!r} in place, so the particle's own tensor has changed. A particle is "
+                f"{path!r} in place (or another thread did meanwhile), so the particle's own "
+                "tensor has changed. A particle is "
                 "immutable and nf.apply never changes one: compute a new tensor in forward "
                 "instead of changing the parameter (w = w.clamp(...), not w.clamp_(...)), or "
                 "keep the value in a buffer and use nf.apply_with_state")

@@ -24,9 +24,9 @@ from ._errors import FrozenError, frozen
 __all__ = ["ModuleView", "live"]
 
 _HINT = ("every particle of the species runs this skeleton module, so a change would reach all "
-         "of them. Change the model with an event (nf.add_param, nf.add_module, nf.set_none, "
-         "nf.to, ...), or take a module of your own: nf.to_module(p) (with p's values) or "
-         "copy.deepcopy(p.schema.skeleton) (meta tensors)")
+         "of them. Run a particle with nf.apply(p, x); change the model with an event "
+         "(nf.add_param, nf.add_module, nf.set_none, nf.to, ...); or take a module of your own: "
+         "nf.to_module(p) (with p's values) or copy.deepcopy(p.schema.skeleton) (meta tensors)")
 
 
 def _refuse(what: str, name: str) -> NoReturn:
@@ -77,7 +77,7 @@ class ModuleView:
     (True, device(type='meta'))
     """
 
-    __slots__ = ("_nf_module", "_nf_tree")
+    __slots__ = ("_nf_module", "_nf_tree", "__weakref__")
 
     def __init__(self, module: nn.Module, lock: ContextManager | None = None, *,
                  tree: "_Tree | None" = None) -> None:
@@ -184,8 +184,8 @@ class ModuleView:
 
 
 # Names the view answers itself; every other one is looked up on the module.
-_OWN = (frozenset(vars(ModuleView)) - {"__init__", "__doc__", "__module__", "__slots__"}) | {
-    "__class__", "__dict__"}
+_OWN = (frozenset(vars(ModuleView)) - {"__init__", "__doc__", "__module__", "__slots__",
+                                       "_nf_module", "_nf_tree"}) | {"__class__", "__dict__"}
 _MISSING = object()
 
 # Methods that change the module, refused up front: some would change its tensors in place

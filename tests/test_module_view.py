@@ -11,6 +11,7 @@ import copy
 import pickle
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,9 @@ def test_a_view_reads_as_the_module():
     assert hash(s.module_at("1")) == hash(sk[1]) and s.module_at("9") is None
     with pytest.raises(TypeError, match="has no len"):
         len(sk[0])
+    with pytest.raises(AttributeError):
+        sk._nf_module  # the live module is not reachable by attribute  # noqa: B018
+    assert weakref.ref(sk)() is sk
     lstm = nf.from_module(nn.LSTM(2, 3)).schema.skeleton
     assert lstm.all_weights[0][0].shape == (12, 2) and lstm._flat_weights_names[0] == "weight_ih_l0"
 
