@@ -10,6 +10,7 @@ values (touch renames the leaf; it copies nothing).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import ClassVar
 
@@ -130,7 +131,7 @@ class InsertModules(Event):
         new_keys, moves = _inserted(keys, self.index, len(self.skeletons))
         skeleton, container = copy_path(schema._skeleton, self.container)
         children = list(container._modules.values())
-        children[self.index:self.index] = list(self.skeletons)
+        children[self.index:self.index] = copy.deepcopy(list(self.skeletons))  # (see AddModule)
         container.__dict__["_modules"] = dict(zip(new_keys, children))
         replace = _renamed(schema, self.container, moves)
         add, shared, pid = [], None, schema.next_pid

@@ -9,6 +9,8 @@ events keep only snapshots, so touching later never depends on what happened to 
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -367,7 +369,8 @@ class AddModule(Event):
     def apply(self, schema: Schema) -> Schema:
         parent_path, name, _ = _check_free(schema, self.path, "add_module", "module")
         skeleton, parent = copy_path(schema._skeleton, parent_path)
-        parent.add_module(name, self.skeleton)
+        # a copy: the event is reachable by anyone (p.schema.event), the version's tree must not be
+        parent.add_module(name, copy.deepcopy(self.skeleton))
         new_specs, shared = [], None
         for spec, value in zip(self.specs, self.values):
             spec = self._absolute(spec, schema.next_pid)

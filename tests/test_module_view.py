@@ -206,3 +206,18 @@ def test_views_never_see_another_threads_forward_pass():
     done.set()
     reader.join()
     assert seen and all(seen)
+
+
+def test_an_added_modules_event_does_not_hand_out_the_versions_tree():
+    """Regression: AddModule/InsertModules put their own skeleton into the new version, so
+    ``p.schema.event.skeleton.weight = None`` changed every particle's forward pass."""
+    p = nf.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    q = nf.add_module(p, "extra", torch.nn.Linear(2, 2))
+    r = nf.insert_module(q, "", 0, torch.nn.Linear(2, 2))
+    x = torch.randn(3, 2)
+    before = nf.apply(r, x)
+    add, insert = p.schema.event, q.schema.event
+    del add.skeleton.weight  # the event's module is its own: nothing of the versions changes
+    insert.skeletons[0].in_features = 7
+    assert torch.equal(nf.apply(r, x), before)
+    assert nf.to_module(r)[0].in_features == 2 and nf.to_module(q).extra.weight is not None
