@@ -8,8 +8,6 @@ fault until the core owner fixes it (then the marker goes and the test stays as 
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -330,43 +328,3 @@ def test_leafless_populations_keep_their_batch_shape(op):
     else:
         out, want = ev.uniform_crossover(pop, pop[0]), (4,)
     assert tuple(out.batch_shape) == want
-
-
-# 7. threads -------------------------------------------------------------------------------------
-
-def test_live_versions_while_another_thread_appends_events():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        p = nf.from_module(nn.Linear(1, 1))
-        keep = [p]
-        for i in range(200):  # many live versions: a long iteration
-            keep.append(nf.add_buffer(keep[-1], f"w{i}", torch.zeros(1)))
-        errors: list[BaseException] = []
-        done = threading.Event()
-
-        def writer() -> None:
-            q = keep[-1]
-            for i in range(3000):
-                if done.is_set():
-                    break
-                q = nf.add_buffer(q, f"b{i}", torch.zeros(1))
-                keep.append(q)
-            done.set()
-
-        def reader() -> None:
-            while not done.is_set():
-                try:
-                    p.species.live_versions()
-                except Exception as err:  # noqa: BLE001 - the bug is any exception
-                    errors.append(err)
-                    done.set()
-
-        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
-    assert not errors, errors[0]

@@ -183,7 +183,8 @@ def test_events_during_forward_passes_keep_skeletons_data_free() -> None:
         assert all(t.is_meta for t in [*schema.skeleton.parameters(), *schema.skeleton.buffers()])
 
 
-@pytest.mark.parametrize("read", ["history", "touch_error", "load_species_error"])
+@pytest.mark.parametrize("read", ["live_versions", "history", "touch_error",
+                                  "load_species_error"])
 def test_readers_of_the_live_versions_while_another_thread_appends(read, tmp_path) -> None:
     """nf.history, touch's and load(species=)'s error paths list the live versions: they must
     not fail ('dictionary changed size during iteration') while events are appended."""
@@ -196,6 +197,7 @@ def test_readers_of_the_live_versions_while_another_thread_appends(read, tmp_pat
         p = keep[0]  # version 0 is freed: loading a file that starts there lists the live ones
         nf.save(tmp_path / "v0.nf", nf.from_module(nn.Linear(1, 1)))
         calls = {
+            "live_versions": lambda: p.species.live_versions(),
             "history": lambda: nf.history(p.species),
             "touch_error": lambda: nf.touch(p, to=10**9),  # never made: names the live versions
             "load_species_error": lambda: nf.load(tmp_path / "v0.nf", species=p.species),
