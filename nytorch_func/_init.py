@@ -73,9 +73,10 @@ def _respect_custom(s: Schema, src: Values, values: Values) -> Values:
     A constructor that sets a leaf to constants (a zero-initialised head, ResNet's zero BatchNorm
     gamma) makes every constructed module hold them, so every member keeps the source's value
     when it is constant and the reset's is not that constant. (A source whose leaves were
-    trained away from a constant reset, BatchNorm weights, is reset as usual.) A leaf redrawn in ``__init__`` from another distribution (GPT's
-    N(0, 0.02)) cannot be reproduced from an instance: a warning names it and the way to get
-    it exactly (``nf.population(MyNet, n)``, a factory, constructs every member).
+    trained away from a constant reset, BatchNorm weights, is reset as usual.) A leaf redrawn
+    in ``__init__`` from another distribution (GPT's N(0, 0.02)) cannot be reproduced from an
+    instance: a warning names it and the way to get it exactly (``nf.population(MyNet, n)``, a
+    factory, constructs every member).
     """
     odd = []
     for key, drawn in list(values.items()):
@@ -89,11 +90,10 @@ def _respect_custom(s: Schema, src: Values, values: Values) -> Values:
             drawn_const = bool(first.eq(first.reshape(-1)[0]).all())
             if own_const and not (drawn_const and torch.equal(own, first)):
                 values[key] = own.expand_as(drawn).clone()
-            elif own.numel() >= 64:
-                ratio = float(own.double().std() / drawn.double().std().clamp_min(1e-30))
-                if not 0.5 <= ratio <= 2.0:
-                    odd.append(f"{key} (std {float(own.double().std()):.3g}, the layer's reset "
-                               f"gives {float(drawn.double().std()):.3g})")
+            elif not drawn_const and own.numel() >= 64:  # (member 0 stands for the draw)
+                got, want = float(own.float().std()), float(first.float().std())
+                if not 0.5 * want <= got <= 2.0 * want:
+                    odd.append(f"{key} (std {got:.3g}, the layer's reset gives {want:.3g})")
     if odd:
         warnings.warn("population: these leaves of the source do not look like their layer's "
                       f"reset_parameters draw: {', '.join(odd)}; the module's __init__ probably "
