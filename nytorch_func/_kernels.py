@@ -35,7 +35,23 @@ def _vmappable(foreach_fn: Callable, one: Callable) -> Callable:
 
 fe_add = _vmappable(torch._foreach_add, torch.add)
 fe_sub = _vmappable(torch._foreach_sub, torch.sub)
-fe_mul = _vmappable(torch._foreach_mul, torch.mul)
+_mul = _vmappable(torch._foreach_mul, torch.mul)
+_EXACT = (torch.float32, torch.float64)  # where a 0-dim coefficient multiplies as the scalar does
+
+
+def fe_mul(xs: Any, c: Any) -> Any:
+    """``_foreach_mul``; a Python number times float32/float64 tensors of one dtype and device
+    goes as a 0-dim tensor of that dtype: the same products bit for bit (the scalar is cast to
+    the tensors' dtype either way), and faster on CPU than the Scalar overload in torch 2.13
+    (12 us against 16 us for the six tensors of a small MLP)."""
+    if (type(c) is float or type(c) is int) and -1e38 < c < 1e38 and xs \
+            and not transforms_active():  # (NaN, inf and huge values: the Scalar overload)
+        dtype, device = xs[0].dtype, xs[0].device
+        if dtype in _EXACT and all(x.dtype == dtype and x.device == device for x in xs):
+            return torch._foreach_mul(xs, torch.scalar_tensor(c, dtype=dtype, device=device))
+    return _mul(xs, c)
+
+
 fe_div = _vmappable(torch._foreach_div, torch.div)
 fe_pow = _vmappable(torch._foreach_pow, torch.pow)
 fe_neg = _vmappable(torch._foreach_neg, torch.neg)

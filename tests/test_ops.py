@@ -519,3 +519,18 @@ def test_random_and_fill_refuse_bad_arguments(call):
 def test_ops_refuse_non_particles(fn):
     with pytest.raises(NytorchFuncError, match="expected a Particle"):
         fn(mlp())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scalar_times_leaves_equals_the_foreach_scalar_overload_bit_for_bit(dtype):
+    """fe_mul sends a Python number as a 0-dim tensor of the leaves' dtype (faster on CPU): the
+    products must be those of torch._foreach_mul's Scalar overload, edge values included."""
+    from nytorch_func._kernels import fe_mul
+    torch.manual_seed(0)
+    xs = [torch.randn(40, 7, dtype=dtype) * s for s in (1e-30, 1.0, 1e30)]
+    xs.append(torch.tensor([float("inf"), float("nan"), -0.0, 1e-45], dtype=dtype))
+    for c in [0.5, 1 / 3, 0.1, -7.3, 3, 0, -0.0, 1e-300, 5e-324, 2 ** 40, 3e38, 1e300,
+              float("inf"), float("nan")]:
+        for got, want in zip(fe_mul(xs, c), torch._foreach_mul(xs, c)):
+            assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(want, nan=7.0))
+            assert torch.equal(torch.signbit(got), torch.signbit(want))
