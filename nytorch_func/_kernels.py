@@ -13,29 +13,33 @@ from typing import Any
 
 import torch
 
-__all__ = ["fe_add", "fe_sub", "fe_mul", "fe_div", "fe_pow", "fe_neg", "fe_abs", "fe_reciprocal",
+__all__ = ["per_tensor", "vmappable", "fe_add", "fe_sub", "fe_mul", "fe_div", "fe_pow", "fe_neg", "fe_abs", "fe_reciprocal",
            "fe_lerp", "transforms_active"]
 
 transforms_active = torch._C._are_functorch_transforms_active
 
 
-def _vmappable(foreach_fn: Callable, one: Callable) -> Callable:
+def per_tensor(one: Callable, args: tuple) -> list:
+    """``one`` applied tensor by tensor: list arguments are indexed, the others passed whole."""
+    n = next(len(a) for a in args if isinstance(a, (list, tuple)))
+    return [one(*(a[i] if isinstance(a, (list, tuple)) else a for a in args)) for i in range(n)]
+
+
+def vmappable(foreach_fn: Callable, one: Callable) -> Callable:
     """``foreach_fn``, or a per-tensor ``one`` loop inside torch.func transforms."""
 
     def call(*args: Any) -> Any:
         if transforms_active():
-            n = next(len(a) for a in args if isinstance(a, (list, tuple)))
-            return [one(*(a[i] if isinstance(a, (list, tuple)) else a for a in args))
-                    for i in range(n)]
+            return per_tensor(one, args)
         return foreach_fn(*args)
 
     call.__name__ = foreach_fn.__name__
     return call
 
 
-fe_add = _vmappable(torch._foreach_add, torch.add)
-fe_sub = _vmappable(torch._foreach_sub, torch.sub)
-_mul = _vmappable(torch._foreach_mul, torch.mul)
+fe_add = vmappable(torch._foreach_add, torch.add)
+fe_sub = vmappable(torch._foreach_sub, torch.sub)
+_mul = vmappable(torch._foreach_mul, torch.mul)
 _EXACT = (torch.float32, torch.float64)  # where a 0-dim coefficient multiplies as the scalar does
 
 
@@ -52,9 +56,9 @@ def fe_mul(xs: Any, c: Any) -> Any:
     return _mul(xs, c)
 
 
-fe_div = _vmappable(torch._foreach_div, torch.div)
-fe_pow = _vmappable(torch._foreach_pow, torch.pow)
-fe_neg = _vmappable(torch._foreach_neg, torch.neg)
-fe_abs = _vmappable(torch._foreach_abs, torch.abs)
-fe_reciprocal = _vmappable(torch._foreach_reciprocal, torch.reciprocal)
-fe_lerp = _vmappable(torch._foreach_lerp, torch.lerp)
+fe_div = vmappable(torch._foreach_div, torch.div)
+fe_pow = vmappable(torch._foreach_pow, torch.pow)
+fe_neg = vmappable(torch._foreach_neg, torch.neg)
+fe_abs = vmappable(torch._foreach_abs, torch.abs)
+fe_reciprocal = vmappable(torch._foreach_reciprocal, torch.reciprocal)
+fe_lerp = vmappable(torch._foreach_lerp, torch.lerp)

@@ -14,12 +14,13 @@ check folds and the foreach call is traced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .._kernels import transforms_active
+from .._kernels import (fe_add, fe_div, fe_lerp, fe_mul, fe_neg, per_tensor,
+                        transforms_active, vmappable)
 
 __all__ = ["Coef", "per_leaf", "is_tensor", "neg", "add", "axpy", "mul", "lerp", "addcmul_",
            "sqrt", "div_", "add_", "addcdiv", "maximum", "real_views", "from_real"]
@@ -52,22 +53,12 @@ def _view(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.to(x.dtype).reshape(c.shape + (1,) * (x.dim() - c.dim()))
 
 
-def _loop(one: Callable, args: tuple) -> list:
-    n = next(len(a) for a in args if isinstance(a, (list, tuple)))
-    return [one(*(a[i] if isinstance(a, (list, tuple)) else a for a in args)) for i in range(n)]
-
-
-def neg(xs: list) -> list:
-    if transforms_active():
-        return _loop(torch.neg, (xs,))
-    return list(torch._foreach_neg(xs))
-
-
-def add(xs: list, ys: Any) -> list:
-    """``x + y`` (``ys``: tensors, or a coefficient per :func:`per_leaf`)."""
-    if transforms_active():
-        return _loop(torch.add, (xs, ys))
-    return list(torch._foreach_add(xs, ys))
+neg = fe_neg
+add = fe_add  # x + y (ys: tensors, or a coefficient per per_leaf)
+lerp = fe_lerp
+sqrt = vmappable(torch._foreach_sqrt, torch.sqrt)
+maximum = vmappable(torch._foreach_maximum, torch.maximum)
+_div = fe_div
 
 
 def axpy(xs: list, ys: list, a: Any) -> list:
@@ -75,7 +66,7 @@ def axpy(xs: list, ys: list, a: Any) -> list:
     if is_tensor(a) or isinstance(a, list):
         return add(xs, mul(ys, a))
     if transforms_active():
-        return _loop(lambda x, y: torch.add(x, y, alpha=a), (xs, ys))
+        return per_tensor(lambda x, y: torch.add(x, y, alpha=a), (xs, ys))
     return list(torch._foreach_add(xs, ys, alpha=a))
 
 
@@ -84,40 +75,28 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def mul(xs: list, c: Any) -> list:
     if transforms_active():
-        return _loop(torch.mul, (xs, c))
+        return per_tensor(torch.mul, (xs, c))
     if not is_tensor(c) and not isinstance(c, (list, tuple)) and any(x.dtype in _HALF for x in xs):
         # torch.optim multiplies in place; out of place, foreach rounds a Python scalar to the
         # tensors' half dtype first (bf16 0.997 * x differs from x.mul_(0.997) by an ulp)
         out = [x.clone() for x in xs]
         torch._foreach_mul_(out, c)
         return out
-    return list(torch._foreach_mul(xs, c))
-
-
-def lerp(xs: list, ys: list, w: Any) -> list:
-    if transforms_active():
-        return _loop(torch.lerp, (xs, ys, w))
-    return list(torch._foreach_lerp(xs, ys, w))
+    return fe_mul(xs, c)
 
 
 def addcmul_(xs: list, ys: list, zs: list, value: float) -> list:
     """``x + value * y * z``, written into ``xs`` (made in this step) where foreach runs."""
     if transforms_active():
-        return _loop(lambda x, y, z: torch.addcmul(x, y, z, value=value), (xs, ys, zs))
+        return per_tensor(lambda x, y, z: torch.addcmul(x, y, z, value=value), (xs, ys, zs))
     torch._foreach_addcmul_(xs, ys, zs, value=value)
     return xs
-
-
-def sqrt(xs: list) -> list:
-    if transforms_active():
-        return _loop(torch.sqrt, (xs,))
-    return list(torch._foreach_sqrt(xs))
 
 
 def div_(xs: list, c: Any) -> list:
     """``x / c``, written into ``xs`` (made in this step) where foreach runs."""
     if transforms_active():
-        return _loop(torch.div, (xs, c))
+        return per_tensor(torch.div, (xs, c))
     torch._foreach_div_(xs, c)
     return xs
 
@@ -125,7 +104,7 @@ def div_(xs: list, c: Any) -> list:
 def add_(xs: list, c: Any) -> list:
     """``x + c``, written into ``xs`` (made in this step) where foreach runs."""
     if transforms_active():
-        return _loop(torch.add, (xs, c))
+        return per_tensor(torch.add, (xs, c))
     torch._foreach_add_(xs, c)
     return xs
 
@@ -135,20 +114,8 @@ def addcdiv(xs: list, ys: list, zs: list, c: list) -> list:
     if c and is_tensor(c[0]):
         return add(xs, mul(_div(ys, zs), c))
     if transforms_active():
-        return _loop(lambda x, y, z, v: torch.addcdiv(x, y, z, value=v), (xs, ys, zs, c))
+        return per_tensor(lambda x, y, z, v: torch.addcdiv(x, y, z, value=v), (xs, ys, zs, c))
     return list(torch._foreach_addcdiv(xs, ys, zs, c))
-
-
-def _div(xs: list, ys: list) -> list:
-    if transforms_active():
-        return _loop(torch.div, (xs, ys))
-    return list(torch._foreach_div(xs, ys))
-
-
-def maximum(xs: list, ys: list) -> list:
-    if transforms_active():
-        return _loop(torch.maximum, (xs, ys))
-    return list(torch._foreach_maximum(xs, ys))
 
 
 def real_views(*lists: list) -> tuple[list, ...]:
